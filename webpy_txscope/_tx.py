@@ -1,0 +1,262 @@
+"""The transaction a scope binds to the hub: SQLObject's, made lazy, fast and safe.
+
+Three differences from :class:`sqlobject.dbconnection.Transaction`, each for a
+reason a request scope cares about:
+
+* **Lazy.**  No connection is checked out, and nothing is sent to the server,
+  until the first statement.  A request that never touches the database costs
+  no round trip and holds no pooled connection.
+* **Fast delegation.**  SQLObject's ``Transaction.__getattr__`` rebinds a
+  method of the connection on *every* attribute lookup.  Here the bound method
+  is kept on the instance after the first lookup, and dropped again when the
+  transaction ends (so a finished transaction still refuses to run queries).
+* **Safe connections.**  A pooled connection that died while idle is replaced
+  before anything of this transaction reached the server; a connection that
+  dies mid-transaction is closed and dropped, never returned to the pool, and
+  never silently reconnected (MySQL drivers would otherwise run the rest of
+  the transaction in autocommit on a new session).
+"""
+
+from __future__ import annotations
+
+import types
+
+from sqlobject.cache import CacheSet
+from sqlobject.dbconnection import ConnWrapper, Transaction
+
+from ._errors import DISCONNECT, OTHER, ConnectionLost, DatabaseUnavailable, classify, is_dead
+from ._uri import describe, scrub
+
+_MISSING = object()
+
+
+class ScopeTransaction(Transaction):
+    """A SQLObject transaction that begins on its first statement.
+
+    *begin* is a tuple of SQL statements sent first on the connection (the
+    isolation level, read-only); *end* is sent before the connection goes back
+    to the pool (to undo per-connection settings such as SQLite's
+    ``query_only``).
+    """
+
+    def __init__(self, dbConnection, begin=(), end=()):
+        self._obsolete = False
+        self._dbConnection = dbConnection
+        self._raw = None
+        self._began = False
+        self._reached = False
+        self._begin = begin
+        self._end = end
+        self._delegated = []
+        #: ``(ErrorKind, exception)`` of the last database error, or None.
+        self.failure = None
+        self.cache = CacheSet(cache=dbConnection.doCache)
+        self._deletedCache = {}
+
+    # -- the connection, checked out on first use ---------------------------
+
+    @property
+    def _connection(self):
+        raw = self._raw
+        if raw is None:
+            raw = self._checkout()
+        return raw
+
+    @_connection.setter
+    def _connection(self, value):
+        self._raw = value
+
+    @property
+    def began(self) -> bool:
+        """True once a connection was checked out for this transaction."""
+        return self._began
+
+    def _checkout(self):
+        self.assertActive()
+        db = self._dbConnection
+        # Every pooled connection may have died while idle (a server restart);
+        # the last try is always a brand new connection.
+        for _ in range(len(getattr(db, "_pool", None) or ()) + 1):
+            try:
+                raw = db.getConnection()
+            except Exception as e:
+                self.failure = (DISCONNECT, e)
+                raise DatabaseUnavailable(
+                    "cannot connect to %s: %s" % (describe(db), scrub(str(e), db))
+                ) from e
+            try:
+                db._setAutoCommit(raw, False)
+                for sql in self._begin:
+                    db._query(raw, sql)
+            except Exception as e:
+                if classify(e) is DISCONNECT or is_dead(raw):
+                    _discard(db, raw)
+                    continue
+                self._give_back(raw)
+                self.failure = (OTHER, e)
+                raise
+            self._raw = raw
+            self._began = True
+            return raw
+        self.failure = (DISCONNECT, None)
+        raise DatabaseUnavailable("no live connection to %s" % describe(db))
+
+    def _give_back(self, raw, rollback=True):
+        """Return *raw* to the pool clean: no open transaction, no settings left."""
+        db = self._dbConnection
+        try:
+            if rollback:
+                raw.rollback()
+            for sql in self._end:
+                db._query(raw, sql)
+            if db.autoCommit:
+                db._setAutoCommit(raw, True)
+        except Exception:
+            _discard(db, raw)
+        else:
+            db.releaseConnection(raw, explicit=True)
+
+    # -- statements ----------------------------------------------------------
+
+    def _run(self, method, *args):
+        self.assertActive()
+        raw = self._raw
+        if raw is None:
+            raw = self._checkout()
+        try:
+            result = method(raw, *args)
+        except Exception as e:
+            return self._recover(e, raw, method, args)
+        self._reached = True
+        return result
+
+    def _recover(self, error, raw, method, args):
+        """Handle a failed statement: replace a stale connection, or record the failure."""
+        db = self._dbConnection
+        # A stale pooled connection is replaced as long as nothing of this
+        # transaction reached the server; a server that drops every new
+        # connection too must not keep us looping.
+        spares = len(getattr(db, "_pool", None) or ()) + 1
+        while True:
+            kind = classify(error)
+            if kind is not DISCONNECT and not is_dead(raw):
+                self.failure = (kind, error)
+                raise error
+            self._raw = None
+            _discard(db, raw)
+            if self._reached or spares <= 0:
+                self.failure = (DISCONNECT, error)
+                self._finish()
+                raise ConnectionLost(
+                    "the connection to %s was lost mid-transaction; nothing of it was committed"
+                    % describe(db)
+                ) from error
+            spares -= 1
+            raw = self._checkout()
+            try:
+                result = method(raw, *args)
+            except Exception as e:
+                error = e
+                continue
+            self._reached = True
+            return result
+
+    def query(self, s):
+        return self._run(self._dbConnection._query, s)
+
+    def queryAll(self, s):
+        return self._run(self._dbConnection._queryAll, s)
+
+    def queryOne(self, s):
+        return self._run(self._dbConnection._queryOne, s)
+
+    def queryInsertID(self, soInstance, id, names, values):
+        return self._run(self._dbConnection._queryInsertID, soInstance, id, names, values)
+
+    def iterSelect(self, select):
+        return iter(self._run(self._select_all, select))
+
+    def _select_all(self, raw, select):
+        return list(select.IterationClass(self, raw, select, keepConnection=True))
+
+    # -- ending --------------------------------------------------------------
+
+    def commit(self, close=False):
+        """Commit; raises the driver's error if COMMIT fails (then roll back)."""
+        if self._obsolete:
+            return
+        if self._raw is None:
+            if close:
+                self._finish()
+            return
+        try:
+            Transaction.commit(self, close=close)
+        except Exception as e:
+            self.failure = (classify(e), e)
+            raise
+
+    def rollback(self):
+        """Roll back; never raises, never leaves a dead connection in the pool."""
+        if self._obsolete:
+            return
+        if self._raw is None:
+            self._finish()
+            return
+        try:
+            Transaction.rollback(self)
+        except Exception:
+            raw, self._raw = self._raw, None
+            _discard(self._dbConnection, raw)
+            self._finish()
+
+    def _makeObsolete(self):
+        raw = self._raw
+        self._raw = None
+        self._finish()
+        if raw is not None:
+            self._give_back(raw, rollback=False)
+
+    def _finish(self):
+        self._obsolete = True
+        self._deletedCache = {}
+        for name in self._delegated:
+            self.__dict__.pop(name, None)
+        self._delegated = []
+
+    def __del__(self):
+        if not self._obsolete:
+            self.rollback()
+
+    # -- delegation to the connection, bound once ---------------------------
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self.assertActive()
+        attr = getattr(self._dbConnection, name)
+        func = getattr(attr, "__func__", _MISSING)
+        if func is _MISSING:
+            if isinstance(attr, ConnWrapper):
+                return ConnWrapper(attr._soClass, self)
+            return attr
+        bound = types.MethodType(func, self)
+        self.__dict__[name] = bound
+        self._delegated.append(name)
+        return bound
+
+
+def _discard(db, raw):
+    """Close a driver connection and make sure it never goes back to the pool."""
+    try:
+        raw.close()
+    except Exception:
+        pass
+    db._connectionNumbers.pop(id(raw), None)
+    pool = getattr(db, "_pool", None)
+    if pool and raw in pool:
+        pool.remove(raw)
+    thread_pool = getattr(db, "_threadPool", None)  # SQLite keeps one per thread
+    if thread_pool:
+        origin = db._threadOrigination.pop(id(raw), None)
+        if origin is not None and thread_pool.get(origin) is raw:
+            del thread_pool[origin]

@@ -1,0 +1,440 @@
+"""The lifecycle of a scope, free of any web framework.
+
+A :class:`Scope` is one unit of work on one thread: a lazily begun
+:class:`~webpy_txscope._tx.ScopeTransaction` bound to ``hub.threadConnection``.
+:class:`ScopeManager` opens scopes, and :meth:`ScopeManager.close` is the one
+place where a scope ends: commit or roll back by the rules, run the
+after-commit hooks, restore the thread, count it.  The adapters (the web.py
+processor, the WSGI middleware, ``transaction()`` for scripts) only decide
+*whether* to commit and never re-implement *how*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+from sqlobject import sqlhub
+from sqlobject.dbconnection import DBConnection
+
+from . import _metrics
+from ._errors import DISCONNECT, TRANSIENT, ConfigurationError, DatabaseUnavailable, classify
+from ._policy import CommitVeto, default_commit_veto
+from ._tx import ScopeTransaction
+from ._uri import describe, open_connection, scrub
+
+log = logging.getLogger("webpy_txscope")
+
+ISOLATION_LEVELS = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+
+_MISSING = object()
+_local = threading.local()
+
+
+class CommitFailed(Exception):
+    """COMMIT failed: nothing of the unit of work was kept."""
+
+
+def current_scope() -> Optional["Scope"]:
+    """The scope active on this thread, or None."""
+    return getattr(_local, "scope", None)
+
+
+def _require_scope(what: str) -> "Scope":
+    scope = current_scope()
+    if scope is None:
+        raise RuntimeError(
+            "%s needs an active scope: call it inside a request handled by txscope, "
+            "or inside a `with scope.transaction():` block" % what
+        )
+    return scope
+
+
+def on_commit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` after the current scope commits.
+
+    Never runs after a rollback.  Hooks run in the order registered, after
+    the thread's connection was restored (so a hook that touches the database
+    runs outside the finished transaction).  An exception in a hook is logged
+    and does not change the response or stop the other hooks.
+    """
+    if not callable(fn):
+        raise TypeError("on_commit() needs a callable, not %r" % (fn,))
+    _require_scope("on_commit()").hooks.append((fn, args, kwargs))
+
+
+def doom() -> None:
+    """Roll the current scope back at its end, whatever the response says."""
+    _require_scope("doom()").doomed = True
+
+
+def normalize_isolation(level: Optional[str]) -> Optional[str]:
+    """Check an isolation level name and return its canonical spelling.
+
+    >>> normalize_isolation("repeatable_read")
+    'REPEATABLE READ'
+    """
+    if level is None:
+        return None
+    name = " ".join(str(level).replace("_", " ").upper().split())
+    if name not in ISOLATION_LEVELS:
+        raise ConfigurationError(
+            "unknown isolation level %r: use one of %s" % (level, ", ".join(map(repr, ISOLATION_LEVELS)))
+        )
+    return name
+
+
+def begin_statements(db_name: str, isolation: Optional[str], readonly: bool):
+    """SQL sent first in each transaction, and SQL sent before the connection is pooled again.
+
+    Transaction characteristics are set with ``SET TRANSACTION`` (no
+    ``SESSION``), so they last for this transaction only and never leak into
+    the next request on the same pooled connection.
+
+    >>> begin_statements("postgres", "SERIALIZABLE", True)
+    (('SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY',), ())
+    >>> begin_statements("sqlite", "SERIALIZABLE", True)
+    (('PRAGMA query_only = ON',), ('PRAGMA query_only = OFF',))
+    """
+    if db_name == "sqlite":
+        # SQLite transactions are always serializable; read-only is a
+        # per-connection switch that must be turned off again.
+        if readonly:
+            return ("PRAGMA query_only = ON",), ("PRAGMA query_only = OFF",)
+        return (), ()
+    modes = []
+    if isolation:
+        modes.append("ISOLATION LEVEL " + isolation)
+    if readonly:
+        modes.append("READ ONLY")
+    if not modes:
+        return (), ()
+    return ("SET TRANSACTION " + ", ".join(modes),), ()
+
+
+class Scope:
+    """One unit of work on one thread.
+
+    Attributes a handler may use through the module functions:
+    ``hooks`` (see :func:`on_commit`) and ``doomed`` (see :func:`doom`).
+    """
+
+    __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "_prev", "_outer", "_bound")
+
+    def __init__(self, manager: "ScopeManager", begin=(), end=(), attempt: int = 1):
+        self.manager = manager
+        self.tx = ScopeTransaction(manager.connection, begin, end)
+        self.hooks: list = []
+        self.doomed = False
+        self.started = time.monotonic()
+        self.attempt = attempt
+        self._prev = _MISSING
+        self._outer = None
+        self._bound = False
+
+    def bind(self) -> None:
+        """Make this scope's transaction the thread's connection."""
+        local = self.manager.hub.threadingLocal
+        self._prev = getattr(local, "connection", _MISSING)
+        local.connection = self.tx
+        self._outer = getattr(_local, "scope", None)
+        _local.scope = self
+        self._bound = True
+
+    def unbind(self) -> None:
+        """Restore the thread's previous connection exactly (deleted if there was none)."""
+        if not self._bound:
+            return
+        self._bound = False
+        local = self.manager.hub.threadingLocal
+        if self._prev is _MISSING:
+            local.__dict__.pop("connection", None)
+        else:
+            local.connection = self._prev
+        self._prev = _MISSING
+        _local.scope = self._outer
+        self._outer = None
+
+    def configure(self, isolation: Optional[str] = _MISSING, readonly: Optional[bool] = _MISSING) -> None:
+        """Change the transaction's characteristics before its first statement."""
+        if self.tx.began:
+            raise RuntimeError(
+                "the transaction already sent a statement: isolation and read-only "
+                "must be chosen before the handler touches the database"
+            )
+        settings = self.manager
+        level = settings.isolation if isolation is _MISSING else normalize_isolation(isolation)
+        ro = settings.readonly if readonly is _MISSING else bool(readonly)
+        self.tx._begin, self.tx._end = begin_statements(settings.connection.dbName, level, ro)
+
+    @property
+    def failure_kind(self):
+        failure = self.tx.failure
+        return failure[0] if failure else None
+
+    @property
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+
+class ScopeManager:
+    """Opens and closes scopes on one connection with one set of rules.
+
+    This is the framework-free core; :class:`~webpy_txscope.txscope` and
+    :class:`~webpy_txscope.TxScopeMiddleware` are adapters around it.
+    """
+
+    def __init__(
+        self,
+        uri_or_connection: "str | DBConnection",
+        hub=sqlhub,
+        *,
+        attempts: int = 1,
+        isolation: Optional[str] = None,
+        readonly: bool = False,
+        commit_veto: CommitVeto = default_commit_veto,
+        retry_backoff: float = 0.02,
+        retry_after: int = 5,
+        max_age: Optional[float] = None,
+    ):
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise ConfigurationError("attempts must be an integer of at least 1, not %r" % (attempts,))
+        if not callable(commit_veto):
+            raise ConfigurationError("commit_veto must be callable(status, headers) -> bool")
+        if retry_backoff < 0:
+            raise ConfigurationError("retry_backoff must be >= 0 seconds")
+        if not hasattr(hub, "threadingLocal"):
+            raise ConfigurationError("hub must be a sqlobject ConnectionHub such as sqlhub")
+        self.connection = open_connection(uri_or_connection)
+        self.hub = hub
+        self.attempts = attempts
+        self.isolation = normalize_isolation(isolation)
+        self.readonly = bool(readonly)
+        self.commit_veto = commit_veto
+        self.retry_backoff = retry_backoff
+        self.retry_after = int(retry_after)
+        self.max_age = max_age
+        self._begin, self._end = begin_statements(self.connection.dbName, self.isolation, self.readonly)
+        self._available = True
+        _guard_reconnect(self.connection)
+
+    @property
+    def name(self) -> str:
+        """The database, for log lines: the URI with its password masked."""
+        return describe(self.connection)
+
+    # -- opening -----------------------------------------------------------
+
+    def active(self) -> Optional[Scope]:
+        """The scope this manager has open on this thread (to join), or None."""
+        scope = current_scope()
+        if scope is not None and scope.manager.hub is self.hub and scope._bound \
+                and getattr(self.hub.threadingLocal, "connection", None) is scope.tx:
+            return scope
+        return None
+
+    def open(self, attempt: int = 1) -> Scope:
+        """Open a scope and bind it to this thread."""
+        scope = Scope(self, self._begin, self._end, attempt)
+        scope.bind()
+        _metrics.opened(scope)
+        return scope
+
+    # -- closing: the one place a scope ends --------------------------------
+
+    def close(self, scope: Scope, commit: bool, reason: str = "") -> None:
+        """End *scope*: commit (if *commit* and not doomed) or roll back; restore the thread.
+
+        Raises :class:`CommitFailed` when COMMIT fails; the transaction was
+        rolled back and its connection released before that.
+        """
+        tx = scope.tx
+        if scope.doomed:
+            commit, reason = False, "doomed"
+        elif commit and scope.failure_kind in (TRANSIENT, DISCONNECT):
+            commit, reason = False, "a statement failed: %s" % scope.failure_kind.value
+        try:
+            if commit:
+                try:
+                    tx.commit(close=True)
+                except Exception as e:
+                    tx.rollback()
+                    self._count(scope, "failed", "commit failed: %s" % self._safe(e))
+                    raise CommitFailed("COMMIT failed, nothing was kept: %s" % self._safe(e)) from e
+            else:
+                tx.rollback()
+        finally:
+            scope.unbind()
+            _metrics.closed(scope)
+        if commit:
+            self._count(scope, "commit", reason)
+            self._run_hooks(scope)
+        else:
+            self._count(scope, "rollback", reason or "rolled back")
+        if tx.began:
+            self.available()
+
+    def _count(self, scope: Scope, outcome: str, reason: str) -> None:
+        _metrics.count(outcome)
+        if self.max_age is not None and scope.age > self.max_age:
+            log.warning("scope on %s was open %.1fs, longer than the limit of %.1fs",
+                        self.name, scope.age, self.max_age)
+        if outcome == "failed":
+            log.error("%s on %s after %.1f ms", reason, self.name, scope.age * 1000)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("%s on %s%s (%.1f ms, began=%s)", outcome, self.name,
+                      ": " + reason if reason else "", scope.age * 1000, scope.tx.began)
+
+    def _run_hooks(self, scope: Scope) -> None:
+        for fn, args, kwargs in scope.hooks:
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                log.exception("after-commit hook %r failed; the transaction stays committed", fn)
+        scope.hooks = []
+
+    def _safe(self, error: BaseException) -> str:
+        return scrub("%s: %s" % (type(error).__name__, error), self.connection)
+
+    def verdict(self, status, headers) -> bool:
+        """True to commit a unit of work that ended with *status* and *headers*.
+
+        A commit veto that raises counts as a veto: rolling back loses nothing
+        that was acknowledged.
+        """
+        try:
+            return not self.commit_veto(status, headers)
+        except Exception:
+            log.exception("commit veto %r raised; rolling back", self.commit_veto)
+            return False
+
+    # -- retries -------------------------------------------------------------
+
+    def should_retry(self, scope: Scope, error: Optional[BaseException] = None) -> bool:
+        """True when the unit of work failed transiently and may run again."""
+        if scope.attempt >= self.attempts:
+            return False
+        kind = scope.failure_kind
+        if kind is None and error is not None:
+            kind = classify(error)
+        return kind is TRANSIENT
+
+    def backoff(self, scope: Scope) -> None:
+        """Log the retry and sleep a small randomized, growing delay."""
+        _metrics.count("retry")
+        failure = scope.tx.failure
+        log.warning("retrying (attempt %d of %d) after a transient error on %s: %s",
+                    scope.attempt + 1, self.attempts, self.name,
+                    self._safe(failure[1]) if failure and failure[1] else "commit failed")
+        if self.retry_backoff:
+            time.sleep(random.uniform(0, self.retry_backoff * (2 ** (scope.attempt - 1))))
+
+    # -- availability ---------------------------------------------------------
+
+    def unavailable(self, error: BaseException) -> None:
+        """Note that the database is unreachable; log one line per outage."""
+        if self._available:
+            self._available = False
+            log.error("database %s is unreachable, answering 503 until it is back: %s",
+                      self.name, self._safe(error))
+
+    def available(self) -> None:
+        if not self._available:
+            self._available = True
+            log.warning("database %s is reachable again", self.name)
+
+    # -- scripts -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, isolation: Optional[str] = _MISSING, readonly: Optional[bool] = _MISSING) -> Iterator[Scope]:
+        """A scope for a script or a cron job: commit on success, roll back on any exception.
+
+        Joins the scope already open on this thread, if any.
+        """
+        joined = self.active()
+        if joined is not None:
+            yield joined
+            return
+        scope = self.open()
+        if isolation is not _MISSING or readonly is not _MISSING:
+            scope.configure(isolation, readonly)
+        try:
+            yield scope
+        except BaseException as e:
+            self.close(scope, False, "%s raised" % type(e).__name__)
+            raise
+        self.close(scope, True)
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` in a scope, retrying transient failures."""
+        for attempt in itertools.count(1):
+            if self.active() is not None:
+                return fn(*args, **kwargs)
+            scope = self.open(attempt)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as e:
+                self.close(scope, False, "%s raised" % type(e).__name__)
+                if isinstance(e, Exception) and self.should_retry(scope, e):
+                    self.backoff(scope)
+                    continue
+                raise
+            try:
+                self.close(scope, True)
+            except CommitFailed as e:
+                if self.should_retry(scope, e.__cause__):
+                    self.backoff(scope)
+                    continue
+                raise
+            return result
+
+    def bind_process(self) -> None:
+        """Bind the connection process-wide (``hub.processConnection``) for a REPL or a script."""
+        self.hub.processConnection = self.connection
+
+
+def _guard_reconnect(connection: DBConnection) -> None:
+    """Stop MySQL drivers from reconnecting a connection inside a transaction.
+
+    SQLObject asks both MySQL drivers to reconnect silently; after a lost
+    connection the rest of a transaction would then run in autocommit on a new
+    session, committing half of it.  A dead connection must fail loudly: the
+    scope discards it and the next transaction gets a fresh one.
+    """
+    if connection.dbName != "mysql" or getattr(connection, "_txscope_guarded", False):
+        return
+    make = connection.makeConnection
+
+    def make_connection():
+        raw = make()
+        if connection.driver == "mysqldb":
+            raw.ping(False)  # clears libmysqlclient's persistent reconnect flag
+        return raw
+
+    reconnect = connection._force_reconnect
+
+    def force_reconnect(raw):
+        if not raw.get_autocommit():
+            raise connection.module.OperationalError(
+                2013, "Lost connection to server inside a transaction; not reconnecting")
+        reconnect(raw)
+
+    connection.makeConnection = make_connection
+    connection._force_reconnect = force_reconnect
+    connection._txscope_guarded = True
+
+
+__all__ = [
+    "CommitFailed",
+    "DatabaseUnavailable",
+    "Scope",
+    "ScopeManager",
+    "current_scope",
+    "doom",
+    "on_commit",
+]
