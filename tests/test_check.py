@@ -1,0 +1,257 @@
+"""txscope-check against in-process fakes of the cookbook's JSON API.
+
+Each fake has one deliberate fault (or none), so every count the checker
+reports can be predicted exactly from its options.
+"""
+
+import contextlib
+import doctest
+import itertools
+import json
+import re
+import socket
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+
+from webpy_txscope import check
+
+WORKERS = ("101", "102", "103")
+# 2 clients x 2 rows x 3 rounds; 4 reads after each write and after each crash.
+SMALL = ["--clients", "2", "--rows-per-client", "2", "--rounds", "3", "--reads", "4", "--timeout", "5"]
+ROW_ROUNDS = 2 * 2 * 3
+READS = 4
+
+
+class FakeCookbook:
+    """The cookbook's JSON API over an in-memory table.
+
+    fault: None (correct), "stale" (reads return the value the row was
+    created with, like a cache nobody expires), "leaky" (a crashed write is
+    kept), "lossy" (a crash also undoes the last acknowledged write), "flaky"
+    (every 7th row read answers 503).
+    """
+
+    def __init__(self, fault=None):
+        self.fault = fault
+        self.rows = {}
+        self.created = {}
+        self.lock = threading.Lock()
+        self.requests = itertools.count()
+        self.row_reads = itertools.count(1)
+
+    def __call__(self, environ, start_response):
+        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        payload = json.loads(environ["wsgi.input"].read(length) or b"null")
+        status, body = self.route(method, path, payload)
+        if body is not None:
+            body["worker"] = WORKERS[next(self.requests) % len(WORKERS)]
+        start_response(status, [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    def route(self, method, path, payload):
+        if path == "/api/stats":
+            return "200 OK", {"open_scopes": 0}
+        if method == "POST" and path == "/api/users":
+            return self.create(payload)
+        match = re.fullmatch(r"/api/users/(\d+)(/crash)?", path)
+        if not match or int(match[1]) not in self.rows:
+            return "404 Not Found", {"error": "not found"}
+        user_id = int(match[1])
+        if method == "GET":
+            return self.read(user_id)
+        if match[2]:
+            return self.crash(user_id, payload["fullname"])
+        self.rows[user_id] = payload["fullname"]
+        return "200 OK", self.user(user_id, self.rows[user_id])
+
+    def create(self, payload):
+        with self.lock:
+            user_id = len(self.rows) + 1
+            self.rows[user_id] = self.created[user_id] = payload["fullname"]
+        return "201 Created", self.user(user_id, payload["fullname"])
+
+    def read(self, user_id):
+        if self.fault == "flaky" and next(self.row_reads) % 7 == 0:
+            return "503 Service Unavailable", None
+        if self.fault == "stale":
+            return "200 OK", self.user(user_id, self.created[user_id])
+        return "200 OK", self.user(user_id, self.rows[user_id])
+
+    def crash(self, user_id, fullname):
+        if self.fault == "leaky":
+            self.rows[user_id] = fullname
+        if self.fault == "lossy":
+            self.rows[user_id] = self.created[user_id]
+        return "500 Internal Server Error", None
+
+    def user(self, user_id, fullname):
+        return {"id": user_id, "name": f"user{user_id}", "fullname": fullname}
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve a WSGI app on a free 127.0.0.1 port; yield its base URL."""
+    server = make_server("127.0.0.1", 0, app, ThreadingWSGIServer, QuietHandler)
+    # A short poll interval: shutdown() waits for the loop to notice.
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def serve_fake():
+    """Yields a function: fault -> base URL of a running FakeCookbook."""
+    with contextlib.ExitStack() as stack:
+        yield lambda fault=None: stack.enter_context(running(FakeCookbook(fault)))
+
+
+def run_check(capsys, url, *options):
+    """Run the checker; return its exit status and its --json summary."""
+    status = check.main([url, *SMALL, "--json", *options])
+    out = capsys.readouterr().out
+    return status, json.loads(out.splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "got, expected, crash_value, problem",
+    [
+        ("new", "new", None, None),
+        ("old", "new", None, "stale_reads"),
+        ("new", "new", "boom", None),
+        ("boom", "new", "boom", "leaked_crash_writes"),
+        ("old", "new", "boom", "lost_writes"),
+    ],
+)
+def test_classify_read_table(got, expected, crash_value, problem):
+    assert check.classify_read(got, expected, crash_value) == problem
+
+
+def test_docstring_examples_hold():
+    assert doctest.testmod(check).failed == 0
+
+
+def test_correct_app_passes_with_exit_0(serve_fake, capsys):
+    status, numbers = run_check(capsys, serve_fake(), "--crash-every", "1")
+    assert status == check.EXIT_OK
+    assert numbers["ok"] is True
+
+
+def test_correct_app_every_write_answer_and_read_is_a_check(serve_fake, capsys):
+    _, numbers = run_check(capsys, serve_fake(), "--crash-every", "1")
+    assert numbers["checks"] == ROW_ROUNDS * (1 + READS + READS)
+    assert numbers["crash_writes"] == ROW_ROUNDS
+
+
+def test_correct_app_counts_no_problem_and_no_error(serve_fake, capsys):
+    _, numbers = run_check(capsys, serve_fake(), "--crash-every", "1")
+    problems = ("stale_reads", "leaked_crash_writes", "lost_writes", "http_errors")
+    assert {name: numbers[name] for name in problems} == dict.fromkeys(problems, 0)
+
+
+def test_every_worker_that_answered_is_counted(serve_fake, capsys):
+    _, numbers = run_check(capsys, serve_fake())
+    assert numbers["workers_seen"] == len(WORKERS)
+
+
+def test_stale_app_every_read_after_a_write_is_stale(serve_fake, capsys):
+    status, numbers = run_check(capsys, serve_fake("stale"), "--crash-every", "0")
+    assert (status, numbers["stale_reads"]) == (check.EXIT_PROBLEMS, ROW_ROUNDS * READS)
+
+
+def test_leaky_app_every_read_after_a_crash_is_a_leaked_write(serve_fake, capsys):
+    status, numbers = run_check(capsys, serve_fake("leaky"), "--crash-every", "1")
+    assert (status, numbers["leaked_crash_writes"], numbers["stale_reads"]) == (
+        check.EXIT_PROBLEMS, ROW_ROUNDS * READS, 0,
+    )
+
+
+def test_lossy_app_every_read_after_a_crash_is_a_lost_write(serve_fake, capsys):
+    status, numbers = run_check(capsys, serve_fake("lossy"), "--crash-every", "1")
+    assert (status, numbers["lost_writes"], numbers["leaked_crash_writes"]) == (
+        check.EXIT_PROBLEMS, ROW_ROUNDS * READS, 0,
+    )
+
+
+def test_crash_every_n_rounds(serve_fake, capsys):
+    _, numbers = run_check(capsys, serve_fake(), "--crash-every", "2")
+    assert numbers["crash_writes"] == 2 * 2 * 1
+
+
+def test_http_errors_are_counted_but_do_not_fail_the_run(serve_fake, capsys):
+    status, numbers = run_check(capsys, serve_fake("flaky"), "--crash-every", "0")
+    row_reads = ROW_ROUNDS * READS
+    assert (status, numbers["http_errors"], numbers["checks"]) == (
+        check.EXIT_OK, row_reads // 7, ROW_ROUNDS + row_reads - row_reads // 7,
+    )
+
+
+def test_summary_table_names_every_count(serve_fake, capsys):
+    check.main([serve_fake("stale"), *SMALL])
+    out = capsys.readouterr().out
+    for label in ("checks made", "stale reads", "crash writes", "leaked crash writes",
+                  "lost writes", "HTTP errors", "workers seen", "duration"):
+        assert label in out
+    assert "result: FAILED" in out and "e.g. stale read: row" in out
+
+
+def test_progress_without_a_tty_is_one_final_line(serve_fake, capsys):
+    check.main([serve_fake(), *SMALL])
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") == 1 and f"{ROW_ROUNDS}/{ROW_ROUNDS} rounds" in err
+
+
+def test_quiet_prints_nothing_on_stderr(serve_fake, capsys):
+    check.main([serve_fake(), *SMALL, "--quiet"])
+    assert capsys.readouterr().err == ""
+
+
+def test_unreachable_target_exits_2_with_a_clear_message(capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    status = check.main([f"http://127.0.0.1:{port}", "--quiet"])
+    assert status == check.EXIT_UNUSABLE
+    assert f"cannot reach http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_target_that_is_not_the_cookbook_exits_2(capsys):
+    def not_cookbook(environ, start_response):
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"no"]
+
+    with running(not_cookbook) as url:
+        status = check.main([url, "--quiet"])
+    assert status == check.EXIT_UNUSABLE
+    assert "is this the txscope cookbook app?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["ftp://x"], ["http://x", "--clients", "0"], ["http://x", "--crash-every", "-1"]])
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as exited:
+        check.main(argv)
+    assert exited.value.code == check.EXIT_UNUSABLE
+
+
+def test_help_lists_the_options_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as exited:
+        check.main(["--help"])
+    assert exited.value.code == 0
+    assert "--crash-every" in capsys.readouterr().out
