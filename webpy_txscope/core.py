@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterator, Optional
 
 from sqlobject import sqlhub
@@ -413,7 +414,10 @@ def _guard_reconnect(connection: DBConnection) -> None:
     def make_connection():
         raw = make()
         if connection.driver == "mysqldb":
-            raw.ping(False)  # clears libmysqlclient's persistent reconnect flag
+            with warnings.catch_warnings():
+                # Deprecated, but still the only switch for the flag SQLObject set.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                raw.ping(False)  # clears libmysqlclient's persistent reconnect flag
         return raw
 
     reconnect = connection._force_reconnect
