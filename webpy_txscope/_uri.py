@@ -110,11 +110,11 @@ def open_connection(uri_or_connection) -> DBConnection:
     try:
         connection = sqlobject.connectionForURI(uri)
     except ImportError as e:
-        extra = _driver_extra(kind, query)
-        raise _fail(
-            "the database driver is not installed (%s)" % e, uri,
-            "install it with: pip install 'webpy_txscope[%s]'" % extra,
-        ) from None
+        driver = (query.get("driver") or "").split(",")[0].strip().lower()
+        fix = "install it with: pip install 'webpy_txscope[%s]'" % _driver_extra(kind, query)
+        if driver and driver not in EXTRAS:
+            fix = "install %s, or drop ?driver= and %s" % (driver, fix)
+        raise _fail("the database driver is not installed (%s)" % e, uri, fix) from None
     except TypeError as e:
         match = re.search(r"argument '(\w+)'", str(e))
         name = match.group(1) if match else str(e)
