@@ -10,10 +10,10 @@ Interactive use, exactly as in the recipe::
     >>> list(User.select())
 
 Configuration (environment): ``TXSCOPE_DATABASE_URI`` (default: SQLite file
-``mydatabase.db`` in the working directory), ``TXSCOPE_CSRF_SECRET`` (shared
-by every process; without it the secret is read from the file
-``csrf_secret`` next to the SQLite database, created once), and
-``TXSCOPE_ENABLED=0`` to run without the processor, as the stale recipe did.
+``mydatabase.db`` in the working directory), ``TXSCOPE_CSRF_SECRET`` (the
+same for every process; required with PostgreSQL or MariaDB, while on SQLite
+it defaults to the file ``csrf_secret`` beside the database, created once),
+and ``TXSCOPE_ENABLED=0`` to run without the processor, as the stale recipe did.
 """
 
 import hashlib
@@ -100,11 +100,15 @@ def get_user(user_id):
 
 
 def _csrf_secret():
+    """The secret every process signs CSRF tokens with: configured, never per process."""
     secret = os.environ.get("TXSCOPE_CSRF_SECRET")
     if secret:
         return secret.encode("utf-8")
-    path = os.path.join(os.path.dirname(os.path.abspath(DATABASE_URI.split(":", 1)[-1]))
-                        if DATABASE_URI.startswith("sqlite:") else os.getcwd(), "csrf_secret")
+    if not DATABASE_URI.startswith("sqlite:"):
+        raise RuntimeError("set TXSCOPE_CSRF_SECRET to the same random string for every process, "
+                           "e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
+    # Development on SQLite: one secret file beside the database, made once.
+    path = os.path.join(os.path.dirname(load_sqlo.connection.filename), "csrf_secret")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
