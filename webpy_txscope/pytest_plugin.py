@@ -1,26 +1,60 @@
-"""pytest plugin for apps that use txscope (registered through the ``pytest11`` entry point).
+"""pytest plugin: test that your web.py app reads fresh data and leaves no scope open.
 
-Fixtures: ``txscope_uri``, ``txscope_app`` (override it), ``txscope_testapp``.
+Installed with the package (entry point ``pytest11: txscope``), so the fixtures
+are available in every test suite; they cost nothing until a test asks for one.
+
+Fixtures:
+
+* ``txscope_uri``: the database URI your app should use in tests.
+  ``--txscope-uri URI`` on the command line, else ``$TXSCOPE_TEST_URI``, else a
+  SQLite file in the test's ``tmp_path``.  Override it to choose otherwise.
+* ``txscope_app``: your web.py application.  **Override it** in your
+  ``conftest.py``; the default fails and says so.
+* ``txscope_testapp``: ``paste.fixture.TestApp(txscope_app.wsgifunc())``.
+* ``txscope_fresh_read``: :func:`assert_fresh_read` bound to
+  ``txscope_testapp`` and ``txscope_uri``.
+
+Helpers, importable from this module: :func:`assert_fresh_read`,
+:func:`count_queries` and :func:`assert_scope_closed`.  ``cookbook/testing.org``
+shows a whole example.
+
+Loading the plugin needs no database, no app and no Paste: pytest loads it
+in every run, so everything else is imported by the fixture or helper that
+needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import os
+import threading
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
 import pytest
 
 ENV_URI = "TXSCOPE_TEST_URI"
 
+#: A request: ``"/path"`` (a GET), ``(method, path)``, ``(method, path, body)``,
+#: ``(method, path, body, headers)``, or a callable taking the TestApp and
+#: returning its response.
+RequestSpec = Union[str, Sequence[Any], Callable[[Any], Any]]
+
+
+# -- fixtures --------------------------------------------------------------------
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("txscope", "webpy_txscope")
-    group.addoption("--txscope-uri", default=None, metavar="URI",
-                    help="database URI for the txscope_uri fixture (default: $%s, else SQLite in tmp_path)" % ENV_URI)
+    group.addoption(
+        "--txscope-uri", default=None, metavar="URI",
+        help="database URI for the txscope_uri fixture (default: $%s, else a SQLite file in tmp_path)" % ENV_URI)
 
 
 @pytest.fixture
-def txscope_uri(request, tmp_path):
-    """The database URI the app under test should use."""
+def txscope_uri(request, tmp_path) -> str:
+    """The database URI the app under test should use (override to choose another way)."""
     return (request.config.getoption("--txscope-uri") or os.environ.get(ENV_URI)
             or "sqlite:" + str(tmp_path / "txscope.db"))
 
@@ -28,13 +62,316 @@ def txscope_uri(request, tmp_path):
 @pytest.fixture
 def txscope_app():
     """Your web.py application: override this fixture in your conftest.py."""
-    pytest.fail("override the txscope_app fixture in your conftest.py to return your web.py application",
-                pytrace=False)
+    pytest.fail(
+        "the txscope_app fixture is not overridden: define it in your conftest.py to return your "
+        "web.py application, e.g.\n\n"
+        "    @pytest.fixture\n"
+        "    def txscope_app(txscope_uri):\n"
+        "        return myapp.make_app(txscope_uri)\n",
+        pytrace=False)
 
 
 @pytest.fixture
 def txscope_testapp(txscope_app):
     """A ``paste.fixture.TestApp`` around ``txscope_app``."""
-    from paste.fixture import TestApp
+    return _testapp(txscope_app)
 
-    return TestApp(txscope_app.wsgifunc())
+
+@pytest.fixture
+def txscope_fresh_read(txscope_testapp, txscope_uri):
+    """:func:`assert_fresh_read` on ``txscope_testapp``, with SQL changes run on ``txscope_uri``."""
+    return functools.partial(assert_fresh_read, txscope_testapp, uri=txscope_uri)
+
+
+def _testapp(app):
+    """A TestApp for *app*: a TestApp already, a web.py application, or a WSGI callable."""
+    if hasattr(app, "get") and hasattr(app, "post") and not hasattr(app, "wsgifunc"):
+        return app  # paste.fixture.TestApp or webtest.TestApp
+    try:
+        from paste.fixture import TestApp
+    except ImportError:
+        raise ImportError("the txscope pytest helpers need Paste to send requests: "
+                          "pip install 'webpy_txscope[testing]' (or pip install Paste)") from None
+    wsgi = app.wsgifunc() if hasattr(app, "wsgifunc") else app
+    if not callable(wsgi):
+        raise TypeError("expected a web.py application, a WSGI callable or a TestApp, not %r" % (app,))
+    return TestApp(wsgi)
+
+
+# -- assert_fresh_read -------------------------------------------------------------
+
+
+def assert_fresh_read(app, *, write: RequestSpec, change: "Union[str, Sequence[str], Callable[[], Any]]",
+                      read: RequestSpec, expect: str, stale: Optional[str] = None,
+                      uri: Optional[str] = None):
+    """Fail unless a read sees a change made outside the app after a write.
+
+    The stale-data bug in three steps: a *write* request (it also leaves the
+    row in SQLObject's cache), a *change* of that row from outside the app,
+    then a *read* request whose response must contain *expect*.  An app that
+    keeps a process-wide connection answers the read from its cache and fails.
+
+    *write* and *read* are requests: ``"/path"`` (GET), ``(method, path)``,
+    ``(method, path, body)`` or ``(method, path, body, headers)``, where a dict
+    body is form-encoded, or JSON-encoded when ``headers`` says
+    ``Content-Type: application/json``; or a callable taking the TestApp and
+    returning the response.  *app* is a TestApp, a web.py application or a
+    WSGI callable.
+
+    *change* is what another process does: SQL (a string or a list of them)
+    run on a new connection of its own to *uri*, in autocommit, sharing
+    nothing with the app's connection; or any callable taking no arguments.
+    *stale*, if given, is the value that must not come back (for the message).
+
+    Returns the read's response.  Example (the cookbook's JSON API)::
+
+        assert_fresh_read(
+            testapp,
+            write=("POST", "/api/users/1", {"fullname": "Before"}, {"Content-Type": "application/json"}),
+            change="UPDATE users SET fullname = 'After' WHERE id = 1",
+            read="/api/users/1",
+            expect="After", stale="Before", uri=txscope_uri,
+        )
+    """
+    __tracebackhide__ = True
+    testapp = _testapp(app)
+    _send(testapp, write, "write")
+    if callable(change):
+        change()
+    else:
+        if uri is None:
+            raise TypeError("assert_fresh_read(change=SQL) needs uri= to reach the database from outside the app")
+        _run_outside(uri, [change] if isinstance(change, str) else list(change))
+    with count_queries() as queries:
+        response = _send(testapp, read, "read")
+    body = _text(response)
+    if expect in body:
+        return response
+    lines = ["assert_fresh_read: the read %s does not show %r, although the row was changed outside "
+             "the app before it: the app served stale data." % (_describe(read), expect)]
+    if stale is not None and stale in body:
+        lines.append("It still shows the old value %r." % stale)
+    if not queries.selects:
+        lines.append("The read sent no SELECT (%d statements): SQLObject answered from the cache of a "
+                     "connection that outlived the write's request." % queries.count)
+    lines.append("Every request needs its own transaction: app.add_processor(txscope(uri)).")
+    lines.append("Response body: %r" % (body[:500],))
+    pytest.fail("\n".join(lines), pytrace=False)
+
+
+def _send(testapp, spec: RequestSpec, what: str):
+    __tracebackhide__ = True
+    if callable(spec):
+        return spec(testapp)
+    if isinstance(spec, str):
+        method, path, body, headers = "GET", spec, None, None
+    else:
+        method, path, body, headers = (tuple(spec) + (None, None))[:4]
+    headers = dict(headers or {})
+    if isinstance(body, (dict, list)) and _header(headers, "Content-Type").startswith("application/json"):
+        body = json.dumps(body)
+    send = getattr(testapp, method.lower(), None)
+    if send is None:
+        raise ValueError("%s request %r: the TestApp has no method %r" % (what, spec, method.lower()))
+    kwargs = {"headers": headers} if headers else {}
+    try:
+        return send(path, body, **kwargs) if body is not None else send(path, **kwargs)
+    except Exception as e:
+        pytest.fail("assert_fresh_read: the %s request %s failed: %s" % (what, _describe(spec), e), pytrace=False)
+
+
+def _header(headers: dict, name: str) -> str:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return str(value).lower()
+    return ""
+
+
+def _describe(spec: RequestSpec) -> str:
+    if callable(spec):
+        return getattr(spec, "__name__", repr(spec))
+    if isinstance(spec, str):
+        return "GET " + spec
+    return "%s %s" % tuple(spec)[:2]
+
+
+def _text(response) -> str:
+    text = getattr(response, "text", None)
+    if isinstance(text, str):
+        return text
+    body = getattr(response, "body", response)
+    return body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+
+
+def _run_outside(uri: str, statements: List[str]) -> None:
+    """Run *statements* as another process would: a new connection, autocommit."""
+    from sqlobject.dbconnection import dbConnectionForScheme
+
+    connection = dbConnectionForScheme(uri.split(":", 1)[0]).connectionFromURI(uri)
+    try:
+        for sql in statements:
+            connection.query(sql)
+    finally:
+        connection.close()
+
+
+# -- count_queries ---------------------------------------------------------------------
+
+
+class QueryLog:
+    """The SQL statements SQLObject sent while :func:`count_queries` was active."""
+
+    def __init__(self) -> None:
+        self.statements: List[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    @property
+    def selects(self) -> List[str]:
+        return [s for s in self.statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+
+    def __repr__(self) -> str:
+        return "<QueryLog %d statements: %r>" % (self.count, self.statements)
+
+
+_counting_lock = threading.Lock()
+_active_logs: List[QueryLog] = []
+_patched: dict = {}  # connection class -> its own _executeRetry before patching
+_in_execute = threading.local()
+
+
+@contextlib.contextmanager
+def count_queries() -> Iterator[QueryLog]:
+    """Count the SQL statements SQLObject sends, on every connection and thread.
+
+    ::
+
+        with count_queries() as queries:
+            testapp.get("/users/1")
+        assert queries.selects, queries
+
+    Every statement goes through a connection class's ``_executeRetry``: in a
+    scope's transaction, in a plain ``transaction()`` and in autocommit alike.
+    Driver-level COMMIT, ROLLBACK and autocommit switches are not statements
+    SQLObject sends and are not counted.  Nested blocks each count everything.
+    The connection classes are restored when the last block exits.
+    """
+    log = QueryLog()
+    with _counting_lock:
+        if not _active_logs:
+            _patch()
+        _active_logs.append(log)
+    _forget_cached_method()
+    try:
+        yield log
+    finally:
+        with _counting_lock:
+            _active_logs.remove(log)
+            if not _active_logs:
+                _unpatch()
+
+
+def _patch() -> None:
+    from sqlobject.dbconnection import DBAPI
+
+    for module in ("sqlite.sqliteconnection", "postgres.pgconnection", "mysql.mysqlconnection"):
+        with contextlib.suppress(ImportError):
+            __import__("sqlobject." + module)
+    classes, todo = [], [DBAPI]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo.extend(cls.__subclasses__())
+    for cls in classes:
+        original = cls.__dict__.get("_executeRetry")
+        if original is not None and cls not in _patched:
+            _patched[cls] = original
+            cls._executeRetry = _counting(original)
+
+
+def _unpatch() -> None:
+    for cls, original in _patched.items():
+        if getattr(cls.__dict__.get("_executeRetry"), "_txscope_original", None) is original:
+            cls._executeRetry = original
+    _patched.clear()
+
+
+def _counting(original):
+    @functools.wraps(original)
+    def _executeRetry(self, conn, cursor, query):
+        # Still bound in a transaction that outlived the block: a plain pass-through.
+        if not _active_logs or getattr(_in_execute, "busy", False):
+            return original(self, conn, cursor, query)
+        text = query.decode("utf-8", "replace") if isinstance(query, bytes) else str(query)
+        for log in tuple(_active_logs):
+            log.statements.append(text)
+        _in_execute.busy = True
+        try:
+            return original(self, conn, cursor, query)
+        finally:
+            _in_execute.busy = False
+
+    _executeRetry._txscope_original = original
+    return _executeRetry
+
+
+def _forget_cached_method() -> None:
+    # A scope's transaction keeps the methods it looked up (ScopeTransaction.
+    # __getattr__); one already open on this thread must look _executeRetry up
+    # again to be counted.
+    from sqlobject import sqlhub
+
+    from .core import current_scope
+
+    scope = current_scope()
+    for tx in (scope.tx if scope else None, getattr(sqlhub.threadingLocal, "connection", None)):
+        if tx is not None and "_executeRetry" in getattr(tx, "__dict__", {}):
+            del tx.__dict__["_executeRetry"]
+
+
+# -- assert_scope_closed ---------------------------------------------------------------
+
+
+def assert_scope_closed(hub=None) -> None:
+    """Fail if a scope or a transaction outlived its request.
+
+    Checks, in order: no scope open on this thread (``current_scope()``), none
+    open in the process (``open_scopes()``), ``hub.threadConnection`` not a
+    transaction (finished or not) and not ``None``, ``hub.processConnection``
+    not a transaction.  *hub* defaults to SQLObject's ``sqlhub``.  Nothing is
+    cleaned up: a failure leaves the state as it found it, to be inspected.
+    """
+    __tracebackhide__ = True
+    from sqlobject import sqlhub
+    from sqlobject.dbconnection import Transaction
+
+    from ._metrics import oldest_scope_age, open_scopes
+    from .core import current_scope
+
+    hub = sqlhub if hub is None else hub
+    problems = []
+    scope = current_scope()
+    if scope is not None:
+        problems.append("a scope is still open on this thread (opened %.3fs ago on %s)"
+                        % (scope.age, scope.manager.name))
+    count = open_scopes()
+    if count:
+        problems.append("%d scope(s) open in this process, the oldest for %.3fs"
+                        % (count, oldest_scope_age()))
+    missing = object()
+    thread_connection = getattr(hub.threadingLocal, "connection", missing)
+    if isinstance(thread_connection, Transaction):
+        state = "a finished transaction" if thread_connection._obsolete else "a transaction nobody will end"
+        problems.append("threadConnection is %s (%r): the next request on this thread uses it"
+                        % (state, thread_connection))
+    elif thread_connection is None:
+        problems.append("threadConnection is None (as sqlobject.wsgi_middleware leaves it): "
+                        "this thread no longer falls back to processConnection")
+    process_connection = hub.__dict__.get("processConnection")
+    if isinstance(process_connection, Transaction):
+        problems.append("processConnection is a transaction (%r): every thread shares it"
+                        % (process_connection,))
+    if problems:
+        pytest.fail("assert_scope_closed: " + "; ".join(problems), pytrace=False)

@@ -1,0 +1,287 @@
+"""The pytest plugin: its helpers pass on the cookbook app and fail on broken ones.
+
+The cookbook's handlers (app.py) are served through paste's TestApp, once
+with a ``txscope`` on the backend's database, once without a processor but
+with the process-wide connection ``load_sqlo()`` binds: the recipe's stale
+setup.  Each helper must fail on the app it exists to catch.
+"""
+
+import json
+import os
+import re
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import web
+from sqlobject import sqlhub
+
+from webpy_txscope.pytest_plugin import assert_fresh_read, assert_scope_closed, count_queries
+from webapps import paste_app
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+JSON = {"Content-Type": "application/json"}
+WRITE = ("POST", "/api/users/1", {"fullname": "Before"}, JSON)
+READ = "/api/users/1"
+CHANGE = "UPDATE users SET fullname = 'After' WHERE id = 1"
+
+
+@pytest.fixture(scope="module")
+def cookbook():
+    """The cookbook module (app.py), imported without touching the working directory."""
+    os.environ.setdefault("TXSCOPE_CSRF_SECRET", "test-secret")
+    import app
+
+    return app
+
+
+def cookbook_app(cookbook, *processors):
+    app = web.application(cookbook.urls, vars(cookbook), autoreload=False)  # noqa: TXS101 (processors vary)
+    for processor in processors:
+        app.add_processor(processor)
+    return app
+
+
+@pytest.fixture
+def scoped(cookbook, scope):
+    """The cookbook as it ships: one transaction per request."""
+    return paste_app(cookbook_app(cookbook, scope))
+
+
+@pytest.fixture
+def stale(cookbook, scope):
+    """The recipe's bug: no processor, one connection (and its cache) for the whole process."""
+    scope()
+    return paste_app(cookbook_app(cookbook))
+
+
+@pytest.fixture
+def leaky(cookbook, scope):
+    """A processor that binds a transaction to the thread and never restores it."""
+    def leave_dirty(handler):
+        sqlhub.threadConnection = scope.connection.transaction()
+        return handler()
+
+    yield paste_app(cookbook_app(cookbook, leave_dirty))
+    leaked = sqlhub.threadingLocal.__dict__.get("connection")
+    if leaked is not None:
+        leaked.rollback()  # while still bound: expiring its instances goes through the hub
+
+
+def post_before(testapp):
+    return testapp.post("/api/users/1", json.dumps({"fullname": "Before"}), JSON)
+
+
+def fresh_read(testapp, backend):
+    return assert_fresh_read(testapp, write=WRITE, change=CHANGE, read=READ,
+                             expect="After", stale="Before", uri=backend.uri)
+
+
+# -- assert_fresh_read -------------------------------------------------------------
+
+
+def test_fresh_read_passes_on_the_cookbook(scoped, backend):
+    response = fresh_read(scoped, backend)
+    assert json.loads(response.body)["fullname"] == "After"
+
+
+def test_fresh_read_fails_without_a_processor(stale, backend):
+    with pytest.raises(pytest.fail.Exception) as failed:
+        fresh_read(stale, backend)
+    message = str(failed.value)
+    assert "served stale data" in message
+    assert "still shows the old value 'Before'" in message
+    assert "sent no SELECT" in message
+
+
+def test_fresh_read_accepts_callables(scoped, backend):
+    assert_fresh_read(scoped, write=post_before, read=lambda testapp: testapp.get(READ),
+                      change=lambda: backend.sql(CHANGE), expect="After")
+
+
+def test_fresh_read_reports_a_failing_write(scoped, backend):
+    with pytest.raises(pytest.fail.Exception, match=r"the write request POST /api/users/9 failed"):
+        assert_fresh_read(scoped, write=("POST", "/api/users/9", {"fullname": "x"}, JSON),
+                          change=CHANGE, read=READ, expect="After", uri=backend.uri)
+
+
+def test_fresh_read_change_as_sql_needs_a_uri(scoped):
+    with pytest.raises(TypeError, match="needs uri="):
+        assert_fresh_read(scoped, write=WRITE, change=CHANGE, read=READ, expect="After")
+
+
+# -- count_queries -----------------------------------------------------------------
+
+
+def test_count_queries_sees_the_select_of_a_scoped_read(scoped, backend):
+    post_before(scoped)
+    with count_queries() as queries:
+        scoped.get(READ)
+    assert len(queries.selects) >= 1, queries
+
+
+def test_count_queries_sees_no_select_for_a_cached_stale_read(stale, backend):
+    post_before(stale)
+    with count_queries() as queries:
+        stale.get(READ)
+    assert queries.count == 0, queries
+
+
+def test_count_queries_sees_writes_in_autocommit(stale, backend):
+    with count_queries() as queries:
+        post_before(stale)
+    assert any(re.match(r"\s*UPDATE", s, re.I) for s in queries.statements), queries
+
+
+def test_a_database_free_page_sends_nothing(scoped, backend):
+    with count_queries() as queries:
+        scoped.get("/users/new")
+    assert queries.count == 0, queries
+
+
+def test_count_queries_sees_a_transaction_open_before_the_block(scope, backend):
+    from models import User
+
+    with scope.transaction():
+        list(User.select(orderBy="id"))  # the transaction now keeps its _executeRetry
+        with count_queries() as queries:
+            list(User.select(orderBy="id"))
+    assert len(queries.selects) == 1, queries
+
+
+def test_count_queries_nests_and_restores_the_connection_classes(scope, backend):
+    from models import User
+
+    with count_queries() as outer:
+        with count_queries() as inner:
+            scope.connection.queryAll("SELECT 1")
+        list(User.select(connection=scope.connection))
+    assert (inner.count, outer.count) == (1, 2)
+    assert not counting_classes()
+
+
+def counting_classes():
+    from sqlobject.dbconnection import DBAPI
+
+    found, todo = [], [DBAPI]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if hasattr(cls.__dict__.get("_executeRetry"), "_txscope_original"):
+            found.append(cls)
+    return found
+
+
+def test_count_queries_counts_other_threads(scope, backend):
+    with count_queries() as queries:
+        worker = threading.Thread(target=scope.connection.queryAll, args=("SELECT 1",))
+        worker.start()
+        worker.join()
+    assert queries.count == 1, queries
+
+
+# -- assert_scope_closed -------------------------------------------------------------
+
+
+def test_scope_closed_after_cookbook_requests(scoped, backend):
+    post_before(scoped)
+    scoped.get(READ)
+    scoped.post("/api/users/1/crash", json.dumps({"fullname": "x"}), JSON, expect_errors=True)
+    assert_scope_closed()
+
+
+def test_scope_closed_fails_on_a_processor_that_leaves_the_thread_dirty(leaky, backend):
+    leaky.get(READ)
+    with pytest.raises(pytest.fail.Exception, match="threadConnection is a transaction nobody will end"):
+        assert_scope_closed()
+
+
+def test_scope_closed_fails_on_a_finished_transaction_left_bound(scope, backend):
+    tx = scope.connection.transaction()
+    tx.rollback()
+    sqlhub.threadConnection = tx
+    with pytest.raises(pytest.fail.Exception, match="threadConnection is a finished transaction"):
+        assert_scope_closed()
+
+
+def test_scope_closed_fails_inside_an_open_scope(scope, backend):
+    with scope.transaction():
+        with pytest.raises(pytest.fail.Exception) as failed:
+            assert_scope_closed()
+    assert "a scope is still open on this thread" in str(failed.value)
+    assert "1 scope(s) open in this process" in str(failed.value)
+    assert_scope_closed()
+
+
+def test_scope_closed_fails_on_a_process_wide_transaction(scope, backend):
+    tx = scope.connection.transaction()
+    sqlhub.processConnection = tx
+    try:
+        with pytest.raises(pytest.fail.Exception, match="processConnection is a transaction"):
+            assert_scope_closed()
+    finally:
+        tx.rollback()
+
+
+def test_scope_closed_fails_on_a_thread_connection_set_to_none(no_thread_connection):
+    sqlhub.threadConnection = None
+    with pytest.raises(pytest.fail.Exception, match="no longer falls back to processConnection"):
+        assert_scope_closed()
+
+
+# -- the fixtures in a user's test suite (installed through the entry point) -----------
+
+
+def example_files():
+    """The example of cookbook/testing.org, by file name: users copy it, so it must run."""
+    org = (ROOT / "cookbook" / "testing.org").read_text()
+    blocks = re.findall(r"#\+begin_src python :tangle (\S+)\n(.*?)#\+end_src", org, re.S | re.I)
+    assert {name for name, _ in blocks} == {"myapp.py", "conftest.py", "test_myapp.py"}
+    return {name: textwrap.dedent(code) for name, code in blocks}
+
+
+@pytest.fixture
+def user_suite(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.delenv("TXSCOPE_TEST_URI", raising=False)
+    for name, code in example_files().items():
+        pytester.path.joinpath(name).write_text(code)
+    return pytester
+
+
+def test_the_cookbook_example_passes_in_a_user_suite(user_suite, backend):
+    args = [] if backend.kind == "sqlite" else ["--txscope-uri", backend.uri]
+    result = user_suite.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=3)
+
+
+def test_txscope_test_uri_from_the_environment(user_suite, backend, monkeypatch):
+    monkeypatch.setenv("TXSCOPE_TEST_URI", backend.uri)
+    user_suite.makepyfile(test_uri="def test_uri(txscope_uri):\n    assert txscope_uri == %r\n" % backend.uri)
+    user_suite.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=4)
+
+
+def test_the_example_fails_when_its_processor_is_missing(user_suite):
+    myapp = user_suite.path / "myapp.py"
+    myapp.write_text(myapp.read_text().replace("app.add_processor(load_sqlo)", "load_sqlo()"))
+    result = user_suite.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(["*served stale data*"])
+
+
+def test_txscope_app_must_be_overridden(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pytester.makepyfile("def test_it(txscope_testapp):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*txscope_app fixture is not overridden*"])
+
+
+def test_a_suite_that_ignores_the_plugin_is_unaffected(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pytester.makepyfile("def test_it():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
