@@ -113,9 +113,24 @@ def backend(request, _databases, tmp_path_factory):
     return Backend(name, uri)
 
 
+@pytest.fixture(scope="session", params=[name for name in BACKENDS if BACKENDS[name]])
+def server_backend(request, _databases):
+    """The database servers only, for what SQLite has no equivalent of."""
+    return Backend(request.param, BACKENDS[request.param])
+
+
 @pytest.fixture
 def scope(backend):
     """A fresh ``txscope`` on *backend* with the cookbook's table and three users."""
+    yield from _fresh_scope(backend)
+
+
+@pytest.fixture
+def server_scope(server_backend):
+    yield from _fresh_scope(server_backend)
+
+
+def _fresh_scope(backend):
     from models import create_tables
     from webpy_txscope import txscope
 

@@ -100,14 +100,22 @@ def begin_statements(db_name: str, isolation: Optional[str], readonly: bool):
     >>> begin_statements("postgres", "SERIALIZABLE", True)
     (('SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY',), ())
     >>> begin_statements("sqlite", "SERIALIZABLE", True)
-    (('PRAGMA query_only = ON',), ('PRAGMA query_only = OFF',))
+    (('PRAGMA query_only = ON', 'BEGIN IMMEDIATE'), ('PRAGMA query_only = OFF',))
     """
     if db_name == "sqlite":
-        # SQLite transactions are always serializable; read-only is a
+        # Python's sqlite3 opens a transaction only before the first write,
+        # so reads before it see other commits.  An explicit BEGIN makes the
+        # whole request one transaction; IMMEDIATE takes the write lock first,
+        # so that read-modify-write requests run one after the other.  Read-only is a
         # per-connection switch that must be turned off again.
+        begin, end = (), ()
         if readonly:
-            return ("PRAGMA query_only = ON",), ("PRAGMA query_only = OFF",)
-        return (), ()
+            begin, end = ("PRAGMA query_only = ON",), ("PRAGMA query_only = OFF",)
+        if isolation == "SERIALIZABLE":
+            begin += ("BEGIN IMMEDIATE",)  # writers queue for the lock instead of deadlocking
+        elif isolation == "REPEATABLE READ":
+            begin += ("BEGIN",)
+        return begin, end
     modes = []
     if isolation:
         modes.append("ISOLATION LEVEL " + isolation)
@@ -244,6 +252,9 @@ class ScopeManager:
         scope = Scope(self, self._begin, self._end, attempt)
         scope.bind()
         _metrics.opened(scope)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("begin on %s (attempt %d of %d; the first statement checks out a connection)",
+                      self.name, attempt, self.attempts)
         return scope
 
     # -- closing: the one place a scope ends --------------------------------
@@ -442,3 +453,19 @@ __all__ = [
     "doom",
     "on_commit",
 ]
+
+
+# -- the answer when the database, not the application, failed ------------------
+
+
+def unavailable_answer(scope: Scope) -> tuple[str, list[tuple[str, str]], str]:
+    """Note that *scope*'s database is unreachable; return the 503 every adapter sends.
+
+    ``(status, headers, body)``: ``Retry-After`` tells clients and load
+    balancers when to ask again, instead of a 500 that looks like a bug.
+    """
+    manager = scope.manager
+    failure = scope.tx.failure
+    manager.unavailable(failure[1] if failure else None)
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", str(manager.retry_after))]
+    return "503 Service Unavailable", headers, "The database is unavailable; please try again shortly.\n"

@@ -117,7 +117,9 @@ class txscope:
                 if hasattr(result, "__next__"):
                     return _ScopedBody(scope, result)
             commit = manager.verdict(ctx.status, ctx.headers)
-            if not commit and replay is not None and manager.should_retry(scope):
+            # web.py turned the handler's exception into a 500 whose context
+            # still holds it: a serialization failure there is worth a retry.
+            if not commit and replay is not None and manager.should_retry(scope, answer):
                 manager.close(scope, False, "transient error")
                 manager.backoff(scope)
                 replay.reset(ctx)
