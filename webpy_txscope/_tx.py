@@ -29,6 +29,11 @@ from ._uri import describe, scrub
 
 _MISSING = object()
 
+#: Settings of the connection that SQLObject's column converters read for
+#: every string value of every row (``StringValidator.to_python``): fixed when
+#: the connection is made, so they are kept like the bound methods.
+_CONSTANTS = frozenset(("dbName", "dbEncoding", "_binaryType", "driver"))
+
 
 class ScopeTransaction(Transaction):
     """A SQLObject transaction that begins on its first statement.
@@ -233,6 +238,13 @@ class ScopeTransaction(Transaction):
         if name.startswith("__"):
             raise AttributeError(name)
         self.assertActive()
+        if name in _CONSTANTS:
+            # A setting this kind of connection lacks (SQLite has no
+            # dbEncoding) reads as None, as SQLObject's getattr(..., None) does.
+            value = getattr(self._dbConnection, name, None)
+            self.__dict__[name] = value
+            self._delegated.append(name)
+            return value
         attr = getattr(self._dbConnection, name)
         func = getattr(attr, "__func__", _MISSING)
         if func is _MISSING:
