@@ -2,24 +2,33 @@
 
 Reading them is cheap and lock-free; :func:`stats` returns a snapshot.  When
 ``prometheus_client`` is installed, :func:`export_prometheus` registers the
-same figures with it.
+same figures with it.  Reading the gauge also warns about scopes that are
+still open past their limit (:func:`check_scope_ages`): a request stuck in its
+transaction holds a connection and, on MariaDB, an old snapshot.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from typing import Dict
+import weakref
+from typing import Dict, Optional, Tuple
+
+log = logging.getLogger("webpy_txscope")
 
 _counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0}
-_open: Dict[int, float] = {}
+_open: Dict[int, Tuple[float, object]] = {}  # id(scope) -> (started, its ScopeManager)
+_warned: set = set()  # ids of open scopes already reported as too old
 
 
 def opened(scope) -> None:
-    _open[id(scope)] = scope.started
+    _open[id(scope)] = (scope.started, scope.manager)
 
 
 def closed(scope) -> None:
     _open.pop(id(scope), None)
+    _warned.discard(id(scope))
 
 
 def count(outcome: str) -> None:
@@ -32,9 +41,36 @@ def open_scopes() -> int:
 
 
 def oldest_scope_age() -> float:
-    """Seconds the longest-open scope of this process has been open (0.0 if none)."""
-    started = list(_open.values())
+    """Seconds the longest-open scope of this process has been open (0.0 if none).
+
+    Reading it runs :func:`check_scope_ages` with each scope's own ``max_age``.
+    """
+    check_scope_ages()
+    started = [entry[0] for entry in list(_open.values())]
     return time.monotonic() - min(started) if started else 0.0
+
+
+def check_scope_ages(limit: Optional[float] = None) -> int:
+    """Warn about scopes still open longer than *limit* seconds; return how many there are.
+
+    Without *limit*, each scope is held to the ``max_age`` of its txscope (no
+    limit if that is None).  Each scope is logged once, at WARNING on the
+    ``webpy_txscope`` logger; :class:`~webpy_txscope.ScopeManager` logs it
+    again with its whole duration when it finally closes.
+    """
+    now = time.monotonic()
+    over = 0
+    for key, (started, manager) in list(_open.items()):
+        bound = getattr(manager, "max_age", None) if limit is None else limit
+        age = now - started
+        if bound is None or age <= bound:
+            continue
+        over += 1
+        if key not in _warned:
+            _warned.add(key)
+            log.warning("a scope on %s has been open %.1fs and is still open, longer than the limit "
+                        "of %.1fs", manager.name, age, bound)
+    return over
 
 
 def stats() -> Dict[str, float]:
@@ -53,14 +89,15 @@ def stats() -> Dict[str, float]:
     }
 
 
-_exported = False
+_exported: "weakref.WeakSet" = weakref.WeakSet()
+_export_lock = threading.Lock()
 
 
 def export_prometheus(registry=None) -> None:
-    """Publish the figures through ``prometheus_client`` (once per process)."""
-    global _exported
-    if _exported:
-        return
+    """Publish the figures through ``prometheus_client``, into *registry* (default: its global ``REGISTRY``).
+
+    Calling it again with the same registry does nothing.
+    """
     try:
         from prometheus_client import REGISTRY
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -77,5 +114,8 @@ def export_prometheus(registry=None) -> None:
             yield GaugeMetricFamily("txscope_oldest_scope_age_seconds", "Age of the longest-open scope",
                                     value=snapshot["oldest_scope_age"])
 
-    (registry or REGISTRY).register(_Collector())
-    _exported = True
+    registry = REGISTRY if registry is None else registry
+    with _export_lock:
+        if registry not in _exported:
+            registry.register(_Collector())
+            _exported.add(registry)
