@@ -18,7 +18,8 @@ if ROOT not in sys.path:
 
 PG_DSN = dict(host="127.0.0.1", user="postgres", dbname="postgres")
 MY_DSN = dict(host="127.0.0.1", user="root", password="")
-DBNAME = "txscope_test"
+# One database per test session, so that concurrent sessions never share rows.
+DBNAME = "txscope_test_%d" % os.getpid()
 
 START = {
     "postgres": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
@@ -101,9 +102,28 @@ def _create_databases():
     conn.close()
 
 
+def _drop_databases():
+    import psycopg2
+    import pymysql
+
+    conn = psycopg2.connect(**PG_DSN)
+    conn.autocommit = True
+    conn.cursor().execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % DBNAME)
+    conn.close()
+    conn = pymysql.connect(**MY_DSN)
+    conn.cursor().execute("DROP DATABASE IF EXISTS %s" % DBNAME)
+    conn.close()
+
+
 @pytest.fixture(scope="session")
 def _databases():
     _create_databases()
+    yield
+    from sqlobject import connectionForURI
+
+    for uri in filter(None, BACKENDS.values()):
+        connectionForURI(uri).close()
+    _drop_databases()
 
 
 @pytest.fixture(scope="session", params=list(BACKENDS))

@@ -294,33 +294,32 @@ def test_no_scope_handler_runs_outside_the_transaction(scope):
     assert calls == []
 
 
-def test_db_free_request_sends_nothing_to_postgres(server_scope, server_backend):
-    # The server's own statement counter is the witness, not our bookkeeping.
-    if server_backend.kind == "postgres":
-        query = ("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
-        flush = "SELECT pg_stat_force_next_flush()"
-    else:
-        query = "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'QUESTIONS'"
-        flush = "SELECT 1"
+@pytest.fixture(params=["postgres-psycopg", "postgres-psycopg2"])
+def postgres_scope(request, _databases):
+    from conftest import BACKENDS, Backend, _fresh_scope
 
-    def transactions():
-        conn = server_backend.outside()
-        try:
-            cur = conn.cursor()
-            cur.execute(flush)
-            cur.fetchall()
-            cur.execute(query)
-            return int(cur.fetchone()[0])
-        finally:
-            conn.close()
+    backend = Backend(request.param, BACKENDS[request.param])
+    for scope in _fresh_scope(backend):
+        yield backend, scope
 
-    app = make_app({"/": lambda: "no database"}, server_scope)
-    before = transactions()
+
+def test_db_free_request_sends_nothing_to_the_server(postgres_scope):
+    # The server is the witness: every backend of the test database changes
+    # its state_change timestamp on every statement it receives.
+    backend, scope = postgres_scope
+
+    def sessions():
+        return set(backend.sql("SELECT pid, state_change FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+
+    app = make_app({"/db": lambda: User.get(1).fullname, "/free": lambda: "no database"}, scope)
+    app.request("/db")  # the pool now holds a connection the next requests could use
+    before = sessions()
     for _ in range(20):
-        app.request("/")
-    after = transactions()
-    # Only the witness's own statements (and its own transaction) may show up.
-    assert after - before <= 4
+        app.request("/free")
+    assert before and sessions() == before
+    app.request("/db")
+    assert sessions() != before  # the witness does see a request that uses the database
 
 
 # -- logging and counters ------------------------------------------------------------------

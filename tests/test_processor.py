@@ -190,8 +190,9 @@ def open_transactions(backend):
         return backend.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                            "AND state LIKE 'idle in transaction%%'")[0][0]
     if backend.kind == "mysql":
-        return backend.sql("SELECT count(*) FROM information_schema.innodb_trx "
-                           "WHERE trx_mysql_thread_id <> CONNECTION_ID()")[0][0]
+        return backend.sql("SELECT count(*) FROM information_schema.innodb_trx t "
+                           "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+                           "WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()")[0][0]
     return int(any(c.in_transaction for c in scope_connections(backend)))
 
 
