@@ -9,6 +9,8 @@ setup.  Each helper must fail on the app it exists to catch.
 import json
 import os
 import re
+import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -258,10 +260,21 @@ def test_the_cookbook_example_passes_in_a_user_suite(user_suite, backend):
     result.assert_outcomes(passed=3)
 
 
-def test_txscope_test_uri_from_the_environment(user_suite, backend, monkeypatch):
-    monkeypatch.setenv("TXSCOPE_TEST_URI", backend.uri)
-    user_suite.makepyfile(test_uri="def test_uri(txscope_uri):\n    assert txscope_uri == %r\n" % backend.uri)
-    user_suite.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=4)
+@pytest.mark.parametrize("env, option, expected", [
+    (None, None, "sqlite:*/txscope.db"),
+    ("postgres://env@127.0.0.1/db", None, "postgres://env@127.0.0.1/db"),
+    ("postgres://env@127.0.0.1/db", "mysql://option@127.0.0.1/db", "mysql://option@127.0.0.1/db"),
+], ids=["default", "environment", "option-first"])
+def test_where_txscope_uri_comes_from(pytester, monkeypatch, env, option, expected):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.delenv("TXSCOPE_TEST_URI", raising=False)
+    if env:
+        monkeypatch.setenv("TXSCOPE_TEST_URI", env)
+    pytester.makepyfile("def test_uri(txscope_uri):\n    print('URI=' + txscope_uri)\n")
+    args = ["--txscope-uri", option] if option else []
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*URI=" + expected])
 
 
 def test_the_example_fails_when_its_processor_is_missing(user_suite):
@@ -278,6 +291,13 @@ def test_txscope_app_must_be_overridden(pytester, monkeypatch):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*txscope_app fixture is not overridden*"])
+
+
+def test_loading_the_plugin_imports_no_driver_paste_or_app():
+    heavy = ["paste.fixture", "webtest", "psycopg", "psycopg2", "MySQLdb", "pymysql", "prometheus_client", "app"]
+    code = "import sys, webpy_txscope.pytest_plugin; print([m for m in %r if m in sys.modules])" % heavy
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_suite_that_ignores_the_plugin_is_unaffected(pytester, monkeypatch):
