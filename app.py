@@ -26,7 +26,6 @@ import sys
 
 import web
 from sqlobject import SQLObjectNotFound
-from sqlobject.dberrors import DuplicateEntryError
 
 from models import DATABASE_URI, User, hash_password
 from webpy_txscope import current_scope, stats, txscope
@@ -89,6 +88,16 @@ def bad_request(message):
     return fail("400 Bad Request", message)
 
 
+def new_user(fields):
+    """Create a user, or answer 400 if the name is taken (checked first: on
+    PostgreSQL a failed INSERT would abort the whole transaction)."""
+    if fields.get("name") is None:
+        raise bad_request("name: required")
+    if User.selectBy(name=fields["name"]).count():
+        raise bad_request("name: already taken")
+    return User(name=fields["name"], fullname=fields["fullname"], password=hash_password(fields["password"]))
+
+
 def get_user(user_id):
     try:
         return User.get(int(user_id))
@@ -148,7 +157,11 @@ def form_input():
 
 # -- HTML (Templetor escapes every $value) -------------------------------------
 
-render = web.template.Template
+def render(text):
+    """A Templetor template that HTML-escapes every ``$value`` (``$:value`` is raw)."""
+    return web.template.Template(text, filter=web.websafe)
+
+
 LAYOUT = """$def with (title, body)
 <!doctype html><html><head><meta charset="utf-8"><title>$title</title></head>
 <body><h1>$title</h1>
@@ -205,12 +218,7 @@ class create:
     def POST(self):
         form = form_input()
         check_csrf(form)
-        fields = _clean(dict(form), need_password=True)
-        try:
-            user = User(name=fields["name"], fullname=fields["fullname"],
-                        password=hash_password(fields["password"]))
-        except DuplicateEntryError:
-            raise bad_request("name: already taken")
+        user = new_user(_clean(dict(form), need_password=True))
         raise web.seeother("/users/%d" % user.id)
 
 
@@ -279,15 +287,7 @@ def json_body(max_bytes=4096):
 
 class api_create:
     def POST(self):
-        fields = _clean(json_body(), need_password=True)
-        if fields.get("name") is None:
-            raise bad_request("name: required")
-        try:
-            user = User(name=fields["name"], fullname=fields["fullname"],
-                        password=hash_password(fields["password"]))
-        except DuplicateEntryError:
-            raise bad_request("name: already taken")
-        return as_json(user, "201 Created")
+        return as_json(new_user(_clean(json_body(), need_password=True)), "201 Created")
 
 
 class api_user:

@@ -161,6 +161,8 @@ def _fresh_scope(backend):
     for i in (1, 2, 3):
         conn.query("INSERT INTO users (id, name, fullname, password) VALUES (%d, 'user%d', 'Full %d', 'x')"
                    % (i, i, i))
+    if backend.kind == "postgres":  # the next User() must not reuse ids 1 to 3
+        conn.query("SELECT setval('users_id_seq', 3)")
     conn.cache.clear()
     _forget_thread_connection()
     yield scope

@@ -375,3 +375,20 @@ def test_nested_transaction_block_joins(scope, backend):
 
 def test_one_connection_per_process(backend):
     assert txscope(backend.uri).connection is txscope(backend.uri).connection
+
+
+def test_swallowed_statement_error_never_claims_success(scope, backend):
+    from sqlobject.dberrors import DuplicateEntryError
+
+    def handler():
+        write()
+        try:
+            User(name="user2", fullname="duplicate", password="x")
+        except DuplicateEntryError:
+            pass  # PostgreSQL has aborted the transaction; MariaDB and SQLite carry on
+        return "ok"
+
+    response = paste_app(make_app({"/": handler}, scope)).get("/", expect_errors=True)
+    kept = written(backend)
+    assert (response.status == 200) is kept
+    assert kept is (backend.kind != "postgres")

@@ -4,46 +4,50 @@
 >>> load_sqlo = txscope("sqlite:/:memory:")      # app.add_processor(load_sqlo)
 
 See README.org for the rules a scope ends by, and the cookbook for a whole app.
+
+The public names are imported on first use, so that loading the package (as
+pytest does for the plugin in every run) costs nothing until it is used.
 """
 
-from ._errors import ConfigurationError, ConnectionLost, DatabaseUnavailable, ErrorKind, classify
-from ._metrics import export_prometheus, oldest_scope_age, open_scopes, stats
-from ._policy import default_commit_veto, strict_commit_veto
-from ._uri import mask
-from .core import CommitFailed, Scope, ScopeManager, current_scope, doom, on_commit
-from .webpy import no_scope, scope_options, txscope
+import importlib
+
+_PUBLIC = {
+    "ConfigurationError": "._errors",
+    "ConnectionLost": "._errors",
+    "DatabaseUnavailable": "._errors",
+    "ErrorKind": "._errors",
+    "classify": "._errors",
+    "check_scope_ages": "._metrics",
+    "export_prometheus": "._metrics",
+    "oldest_scope_age": "._metrics",
+    "open_scopes": "._metrics",
+    "stats": "._metrics",
+    "default_commit_veto": "._policy",
+    "strict_commit_veto": "._policy",
+    "mask": "._uri",
+    "CommitFailed": ".core",
+    "Scope": ".core",
+    "ScopeManager": ".core",
+    "current_scope": ".core",
+    "doom": ".core",
+    "on_commit": ".core",
+    "no_scope": ".webpy",
+    "scope_options": ".webpy",
+    "txscope": ".webpy",
+    "TxScopeMiddleware": ".wsgi",
+}
+
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name):
-    # The WSGI middleware pulls in nothing web.py-specific; import it on demand.
-    if name == "TxScopeMiddleware":
-        from .wsgi import TxScopeMiddleware
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError("module 'webpy_txscope' has no attribute %r" % name)
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
-        return TxScopeMiddleware
-    raise AttributeError("module 'webpy_txscope' has no attribute %r" % name)
 
-
-__all__ = [
-    "CommitFailed",
-    "ConfigurationError",
-    "ConnectionLost",
-    "DatabaseUnavailable",
-    "ErrorKind",
-    "Scope",
-    "ScopeManager",
-    "TxScopeMiddleware",
-    "classify",
-    "current_scope",
-    "default_commit_veto",
-    "doom",
-    "export_prometheus",
-    "mask",
-    "no_scope",
-    "oldest_scope_age",
-    "on_commit",
-    "open_scopes",
-    "scope_options",
-    "stats",
-    "strict_commit_veto",
-    "txscope",
-]
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

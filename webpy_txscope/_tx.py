@@ -35,6 +35,25 @@ _MISSING = object()
 _CONSTANTS = frozenset(("dbName", "dbEncoding", "_binaryType", "driver"))
 
 
+class _per_instance:
+    """A value made on first access and then kept in the instance's ``__dict__``.
+
+    Unlike ``functools.cached_property`` (Python < 3.12) it takes no lock:
+    a transaction belongs to one thread.
+    """
+
+    def __init__(self, make):
+        self.make = make
+        self.name = make.__name__
+        self.__doc__ = make.__doc__
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.make(instance)
+        return value
+
+
 class ScopeTransaction(Transaction):
     """A SQLObject transaction that begins on its first statement.
 
@@ -44,19 +63,29 @@ class ScopeTransaction(Transaction):
     ``query_only``).
     """
 
+    # Every request makes one of these, and many never touch the database:
+    # the state starts as class defaults, and the caches are made on first use.
+    _obsolete = False
+    _raw = None
+    _began = False
+    _reached = False
+    _delegated = ()  # names __getattr__ kept on the instance
+    #: ``(ErrorKind, exception)`` of the last database error, or None.
+    failure = None
+
     def __init__(self, dbConnection, begin=(), end=()):
-        self._obsolete = False
         self._dbConnection = dbConnection
-        self._raw = None
-        self._began = False
-        self._reached = False
         self._begin = begin
         self._end = end
-        self._delegated = []
-        #: ``(ErrorKind, exception)`` of the last database error, or None.
-        self.failure = None
-        self.cache = CacheSet(cache=dbConnection.doCache)
-        self._deletedCache = {}
+
+    @_per_instance
+    def cache(self):
+        """This transaction's own instances: never the process-wide cache."""
+        return CacheSet(cache=self._dbConnection.doCache)
+
+    @_per_instance
+    def _deletedCache(self):
+        return {}
 
     # -- the connection, checked out on first use ---------------------------
 
@@ -86,9 +115,11 @@ class ScopeTransaction(Transaction):
                 raw = db.getConnection()
             except Exception as e:
                 self.failure = (DISCONNECT, e)
+                # Not chained: SQLObject's error quotes the connection string,
+                # password included, and web.py prints the whole chain.
                 raise DatabaseUnavailable(
                     "cannot connect to %s: %s" % (describe(db), scrub(str(e), db))
-                ) from e
+                ) from None
             try:
                 db._setAutoCommit(raw, False)
                 for sql in self._begin:
@@ -194,6 +225,10 @@ class ScopeTransaction(Transaction):
             if close:
                 self._finish()
             return
+        if _aborted(self._raw):
+            # PostgreSQL answers COMMIT of an aborted transaction with a
+            # silent ROLLBACK; the drivers do not raise, so we do.
+            raise TransactionAborted("an earlier statement failed, so PostgreSQL rolled the transaction back")
         try:
             Transaction.commit(self, close=close)
         except Exception as e:
@@ -223,10 +258,12 @@ class ScopeTransaction(Transaction):
 
     def _finish(self):
         self._obsolete = True
-        self._deletedCache = {}
-        for name in self._delegated:
-            self.__dict__.pop(name, None)
-        self._delegated = []
+        state = self.__dict__
+        state.pop("_deletedCache", None)
+        if self._delegated:
+            for name in self._delegated:
+                state.pop(name, None)
+            self._delegated = ()
 
     def __del__(self):
         if not self._obsolete:
@@ -243,7 +280,7 @@ class ScopeTransaction(Transaction):
             # dbEncoding) reads as None, as SQLObject's getattr(..., None) does.
             value = getattr(self._dbConnection, name, None)
             self.__dict__[name] = value
-            self._delegated.append(name)
+            self._delegated += (name,)
             return value
         attr = getattr(self._dbConnection, name)
         func = getattr(attr, "__func__", _MISSING)
@@ -253,8 +290,18 @@ class ScopeTransaction(Transaction):
             return attr
         bound = types.MethodType(func, self)
         self.__dict__[name] = bound
-        self._delegated.append(name)
+        self._delegated += (name,)
         return bound
+
+
+class TransactionAborted(Exception):
+    """COMMIT was asked for a transaction the server had already aborted."""
+
+
+def _aborted(raw) -> bool:
+    """True if a PostgreSQL connection sits in a failed transaction (psycopg and psycopg2)."""
+    info = getattr(raw, "info", None)
+    return getattr(info, "transaction_status", None) == 3  # TRANSACTION_STATUS_INERROR
 
 
 def _discard(db, raw):

@@ -230,6 +230,7 @@ class ScopeManager:
         self.max_age = max_age
         self._begin, self._end = begin_statements(self.connection.dbName, self.isolation, self.readonly)
         self._available = True
+        self._availability = threading.Lock()
         _guard_reconnect(self.connection)
 
     @property
@@ -288,8 +289,8 @@ class ScopeManager:
             self._run_hooks(scope)
         else:
             self._count(scope, "rollback", reason or "rolled back")
-        if tx.began:
-            self.available()
+        if tx.began and scope.failure_kind is not DISCONNECT:
+            self.available()  # a stale pooled connection proves nothing about the server
 
     def _count(self, scope: Scope, outcome: str, reason: str) -> None:
         _metrics.count(outcome)
@@ -350,14 +351,16 @@ class ScopeManager:
 
     def unavailable(self, error: BaseException) -> None:
         """Note that the database is unreachable; log one line per outage."""
-        if self._available:
-            self._available = False
+        with self._availability:  # threads failing at once must log once
+            was_available, self._available = self._available, False
+        if was_available:
             log.error("database %s is unreachable, answering 503 until it is back: %s",
                       self.name, self._safe(error))
 
     def available(self) -> None:
-        if not self._available:
-            self._available = True
+        with self._availability:
+            was_available, self._available = self._available, True
+        if not was_available:
             log.warning("database %s is reachable again", self.name)
 
     # -- scripts -------------------------------------------------------------
@@ -373,9 +376,9 @@ class ScopeManager:
             yield joined
             return
         scope = self.open()
-        if isolation is not _MISSING or readonly is not _MISSING:
-            scope.configure(isolation, readonly)
         try:
+            if isolation is not _MISSING or readonly is not _MISSING:
+                scope.configure(isolation, readonly)
             yield scope
         except BaseException as e:
             self.close(scope, False, "%s raised" % type(e).__name__)
