@@ -156,6 +156,7 @@ def _fresh_scope(backend):
 
     scope = txscope(backend.uri)
     conn = scope.connection
+    conn.close()  # every test starts with an empty pool
     create_tables(conn)
     conn.query("DELETE FROM users")
     for i in (1, 2, 3):

@@ -212,7 +212,7 @@ def test_every_path_returns_the_connection_clean(scope, backend):
     assert open_scopes() == 0
     assert open_transactions(backend) == 0
     if backend.kind != "sqlite":
-        assert len(scope.connection._pool) == 1  # one thread, one connection, reused
+        assert len(scope.connection._pool) == 1  # one thread: its connection is reused, none leaks
 
 
 def test_request_that_never_touches_the_database_checks_out_nothing(scope, backend):
