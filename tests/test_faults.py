@@ -96,3 +96,24 @@ def test_database_back_after_an_outage_serves_again(scope, backend, caplog):
     assert response.status == "200 OK"
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     assert isinstance(manager, ScopeManager)
+
+
+def test_forked_child_gets_its_own_connections(scope, backend):
+    import os
+
+    app = make_app({"/": lambda: User.get(1).fullname}, scope)
+    assert app.request("/").data == b"Full 1"  # the parent's pool holds a connection now
+    parent_pool = list(scope.connection._pool) + list(getattr(scope.connection, "_threadPool", {}).values())
+    assert parent_pool
+    pid = os.fork()
+    if pid == 0:  # the child: must not touch the parent's sessions
+        code = 1
+        try:
+            pooled = list(scope.connection._pool) + list(getattr(scope.connection, "_threadPool", {}).values())
+            response = app.request("/")
+            code = 0 if response.data == b"Full 1" and not pooled else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert app.request("/").data == b"Full 1"  # the parent's connection still works

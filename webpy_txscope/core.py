@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import random
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, Callable, Iterator, Optional
 
 from sqlobject import sqlhub
@@ -232,6 +234,7 @@ class ScopeManager:
         self._available = True
         self._availability = threading.Lock()
         _guard_reconnect(self.connection)
+        _connections.add(self.connection)
 
     @property
     def name(self) -> str:
@@ -358,6 +361,8 @@ class ScopeManager:
                       self.name, self._safe(error))
 
     def available(self) -> None:
+        if self._available:
+            return  # the common case: no lock on every request
         with self._availability:
             was_available, self._available = self._available, True
         if not was_available:
@@ -411,6 +416,34 @@ class ScopeManager:
     def bind_process(self) -> None:
         """Bind the connection process-wide (``hub.processConnection``) for a REPL or a script."""
         self.hub.processConnection = self.connection
+
+
+#: Every connection a scope uses in this process, to be detached after a fork.
+_connections: "weakref.WeakSet[DBConnection]" = weakref.WeakSet()
+#: Driver connections inherited from the parent process: never used, never
+#: closed (closing would end the parent's sessions), only kept alive.
+_inherited: list = []
+
+
+def _detach_after_fork() -> None:
+    """Give a forked child (gunicorn --preload, multiprocessing) its own connections.
+
+    The pooled driver connections share their sockets with the parent; using
+    them from two processes corrupts both sessions.
+    """
+    for connection in list(_connections):
+        pool = getattr(connection, "_pool", None)
+        if pool:
+            _inherited.extend(pool)
+            pool[:] = []
+        thread_pool = getattr(connection, "_threadPool", None)  # SQLite
+        if thread_pool:
+            _inherited.extend(thread_pool.values())
+            thread_pool.clear()
+            connection._threadOrigination.clear()
+
+
+os.register_at_fork(after_in_child=_detach_after_fork)
 
 
 def _guard_reconnect(connection: DBConnection) -> None:
