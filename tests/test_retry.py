@@ -174,5 +174,28 @@ def _raise_serialization_failure(backend):
     elif backend.kind == "mysql":
         sqlhub.getConnection().query("SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock'")
     else:
-        sqlhub.getConnection().query("SELECT 1")
-        raise sqlhub.getConnection().module.OperationalError("database is locked")
+        def locked(raw):
+            raise raw.OperationalError("database is locked") if hasattr(raw, "OperationalError") else \
+                __import__("sqlite3").OperationalError("database is locked")
+
+        sqlhub.getConnection()._run(locked)  # as a statement that hit SQLite's busy timeout
+
+
+@pytest.mark.parametrize("attempts, status", [(1, "500"), (3, "200")])
+def test_swallowed_transient_error_is_never_answered_as_success(counter, attempts, status):
+    calls = []
+
+    def handler():
+        calls.append(1)
+        if len(calls) == 1:
+            try:
+                _raise_serialization_failure(counter)
+            except Exception:
+                pass  # the handler carries on as if nothing happened
+        Counter.get(1).value = 41 + len(calls)
+        return "ok"
+
+    response = make_app({"/": handler}, txscope(counter.uri, attempts=attempts, retry_backoff=0)).request("/")
+    assert response.status.startswith(status)
+    kept = counter.sql("SELECT value FROM txscope_counter WHERE id = 1")[0][0]
+    assert kept == (0 if status == "500" else 43)

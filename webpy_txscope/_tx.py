@@ -114,7 +114,7 @@ class ScopeTransaction(Transaction):
             try:
                 raw = db.getConnection()
             except Exception as e:
-                self.failure = (DISCONNECT, e)
+                self._fail(DISCONNECT, e)
                 # Not chained: SQLObject's error quotes the connection string,
                 # password included, and web.py prints the whole chain.
                 raise DatabaseUnavailable(
@@ -129,12 +129,12 @@ class ScopeTransaction(Transaction):
                     _discard(db, raw)
                     continue
                 self._give_back(raw)
-                self.failure = (OTHER, e)
+                self._fail(OTHER, e)
                 raise
             self._raw = raw
             self._began = True
             return raw
-        self.failure = (DISCONNECT, None)
+        self._fail(DISCONNECT, None)
         raise DatabaseUnavailable("no live connection to %s" % describe(db))
 
     def _give_back(self, raw, rollback=True):
@@ -151,6 +151,12 @@ class ScopeTransaction(Transaction):
             _discard(db, raw)
         else:
             db.releaseConnection(raw, explicit=True)
+
+    def _fail(self, kind, error) -> None:
+        """Remember a failed statement; a later error never hides a transient one or a disconnect
+        (on PostgreSQL every statement after a serialization failure fails too)."""
+        if self.failure is None or self.failure[0] is OTHER:
+            self.failure = (kind, error)
 
     # -- statements ----------------------------------------------------------
 
@@ -176,12 +182,12 @@ class ScopeTransaction(Transaction):
         while True:
             kind = classify(error)
             if kind is not DISCONNECT and not is_dead(raw):
-                self.failure = (kind, error)
+                self._fail(kind, error)
                 raise error
             self._raw = None
             _discard(db, raw)
             if self._reached or spares <= 0:
-                self.failure = (DISCONNECT, error)
+                self._fail(DISCONNECT, error)
                 self._finish()
                 raise ConnectionLost(
                     "the connection to %s was lost mid-transaction; nothing of it was committed"
@@ -232,7 +238,7 @@ class ScopeTransaction(Transaction):
         try:
             Transaction.commit(self, close=close)
         except Exception as e:
-            self.failure = (classify(e), e)
+            self._fail(classify(e), e)
             raise
 
     def rollback(self):

@@ -36,7 +36,13 @@ log = logging.getLogger("webpy_txscope")
 ISOLATION_LEVELS = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 
 _MISSING = object()
-_local = threading.local()
+
+
+class _ThreadState(threading.local):
+    scope = None  # a default, so that looking it up never raises AttributeError
+
+
+_local = _ThreadState()
 
 
 class CommitFailed(Exception):
@@ -45,7 +51,7 @@ class CommitFailed(Exception):
 
 def current_scope() -> Optional["Scope"]:
     """The scope active on this thread, or None."""
-    return getattr(_local, "scope", None)
+    return _local.scope
 
 
 def _require_scope(what: str) -> "Scope":
@@ -151,9 +157,10 @@ class Scope:
     def bind(self) -> None:
         """Make this scope's transaction the thread's connection."""
         local = self.manager.hub.threadingLocal
-        self._prev = getattr(local, "connection", _MISSING)
+        # __dict__.get: a thread without a connection yet costs no exception.
+        self._prev = local.__dict__.get("connection", _MISSING)
         local.connection = self.tx
-        self._outer = getattr(_local, "scope", None)
+        self._outer = _local.scope
         _local.scope = self
         self._bound = True
 
@@ -266,34 +273,46 @@ class ScopeManager:
     def close(self, scope: Scope, commit: bool, reason: str = "") -> None:
         """End *scope*: commit (if *commit* and not doomed) or roll back; restore the thread.
 
-        Raises :class:`CommitFailed` when COMMIT fails; the transaction was
-        rolled back and its connection released before that.
+        Raises :class:`CommitFailed` when a requested commit did not happen:
+        COMMIT failed, or a statement had already failed with a serialization
+        failure, a deadlock or a lost connection (the server rolled back).
+        The transaction was rolled back and its connection released first.
         """
-        tx = scope.tx
         if scope.doomed:
             commit, reason = False, "doomed"
-        elif commit and scope.failure_kind in (TRANSIENT, DISCONNECT):
-            commit, reason = False, "a statement failed: %s" % scope.failure_kind.value
+        error = None
         try:
             if commit:
-                try:
-                    tx.commit(close=True)
-                except Exception as e:
-                    tx.rollback()
-                    self._count(scope, "failed", "commit failed: %s" % self._safe(e))
-                    raise CommitFailed("COMMIT failed, nothing was kept: %s" % self._safe(e)) from e
+                error = self._commit(scope.tx)
             else:
-                tx.rollback()
+                scope.tx.rollback()
         finally:
             scope.unbind()
             _metrics.closed(scope)
+        if error is not None:
+            self._count(scope, "failed", "commit failed: %s" % self._safe(error))
+            raise CommitFailed("the commit did not happen, nothing was kept: %s" % self._safe(error)) from error
         if commit:
             self._count(scope, "commit", reason)
             self._run_hooks(scope)
         else:
             self._count(scope, "rollback", reason or "rolled back")
-        if tx.began and scope.failure_kind is not DISCONNECT:
+        if scope.tx.began and scope.failure_kind is not DISCONNECT:
             self.available()  # a stale pooled connection proves nothing about the server
+
+    @staticmethod
+    def _commit(tx: ScopeTransaction) -> Optional[BaseException]:
+        """Commit *tx*, or roll it back and return why the commit did not happen."""
+        failure = tx.failure
+        if failure and failure[0] in (TRANSIENT, DISCONNECT):
+            tx.rollback()  # the server already rolled back; a handler swallowed the error
+            return failure[1] or DatabaseUnavailable("no live connection to the database")
+        try:
+            tx.commit(close=True)
+        except Exception as e:
+            tx.rollback()
+            return e
+        return None
 
     def _count(self, scope: Scope, outcome: str, reason: str) -> None:
         _metrics.count(outcome)
@@ -502,6 +521,6 @@ def unavailable_answer(scope: Scope) -> tuple[str, list[tuple[str, str]], str]:
     """
     manager = scope.manager
     failure = scope.tx.failure
-    manager.unavailable(failure[1] if failure else None)
+    manager.unavailable(failure[1] if failure and failure[1] else DatabaseUnavailable("no live connection"))
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", str(manager.retry_after))]
     return "503 Service Unavailable", headers, "The database is unavailable; please try again shortly.\n"

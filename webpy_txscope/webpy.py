@@ -23,7 +23,7 @@ from sqlobject.dbconnection import DBConnection
 
 from ._errors import DISCONNECT
 from ._policy import CommitVeto, default_commit_veto
-from .core import _MISSING, CommitFailed, Scope, ScopeManager, current_scope, normalize_isolation
+from .core import _MISSING, CommitFailed, Scope, ScopeManager, current_scope, normalize_isolation, unavailable_answer
 
 
 class txscope:
@@ -131,23 +131,21 @@ class txscope:
                     manager.backoff(scope)
                     replay.reset(ctx)
                     continue
+                if scope.failure_kind is DISCONNECT:
+                    raise _unavailable(scope) from e
                 ctx.headers = []
                 raise web.internalerror() from e
             if not commit and scope.failure_kind is DISCONNECT:
-                raise self._unavailable(scope)
+                raise _unavailable(scope)
             if answer is not None:
                 raise answer
             return result
 
-    def _unavailable(self, scope: Scope) -> web.HTTPError:
-        manager = self.manager
-        manager.unavailable(scope.tx.failure[1])
-        web.ctx.headers = []
-        return web.HTTPError(
-            "503 Service Unavailable",
-            {"Content-Type": "text/plain; charset=utf-8", "Retry-After": str(manager.retry_after)},
-            "The database is unavailable; please try again shortly.\n",
-        )
+
+def _unavailable(scope: Scope) -> web.HTTPError:
+    status, headers, body = unavailable_answer(scope)
+    web.ctx.headers = []
+    return web.HTTPError(status, dict(headers), body)
 
 
 class _Replay:
