@@ -133,6 +133,8 @@ class TxScopeMiddleware:
                     manager.backoff(scope)
                     replay.reset(environ)
                     continue
+                if scope.failure_kind is DISCONNECT:
+                    return _answer(start_response, unavailable_answer(scope))
                 return _answer(start_response, COMMIT_FAILED)
             if not commit and scope.failure_kind is DISCONNECT and not response.sent:
                 return _answer(start_response, unavailable_answer(scope))
