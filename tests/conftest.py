@@ -180,3 +180,26 @@ def no_thread_connection():
     _forget_thread_connection()
     yield
     _forget_thread_connection()
+
+
+@pytest.fixture
+def make_commit_fail(backend, scope):
+    """A function that, called inside a transaction, makes its COMMIT fail the way each database can:
+    a deferred foreign key on PostgreSQL and SQLite, a killed session on MariaDB."""
+    if backend.kind != "mysql":
+        backend.sql("DROP TABLE IF EXISTS children")
+        backend.sql("DROP TABLE IF EXISTS parents")
+        backend.sql("CREATE TABLE parents (id INTEGER PRIMARY KEY)")
+        backend.sql("CREATE TABLE children (id INTEGER PRIMARY KEY, parent_id INTEGER "
+                    "REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)")
+    if backend.kind == "sqlite":  # SQLite checks foreign keys only when asked, per connection
+        scope.connection.query("PRAGMA foreign_keys = ON")
+
+    def fail():
+        conn = sqlhub.getConnection()
+        if backend.kind == "mysql":
+            backend.sql("KILL %d" % conn.queryOne("SELECT CONNECTION_ID()")[0])
+        else:
+            conn.query("INSERT INTO children (id, parent_id) VALUES (1, 999)")
+
+    return fail

@@ -95,36 +95,13 @@ def test_interrupts_roll_back_and_propagate(scope, backend, exc):
 # -- a failed COMMIT answers 500 and keeps nothing ---------------------------------
 
 
-def _make_commit_fail(backend):
-    """Arrange for this transaction's COMMIT to fail, the way each database can."""
-    conn = sqlhub.getConnection()
-    if backend.kind == "mysql":
-        own_id = conn.queryOne("SELECT CONNECTION_ID()")[0]
-        backend.sql("KILL %d" % own_id)
-        return
-    conn.query("INSERT INTO children (id, parent_id) VALUES (1, 999)")
-
-
-@pytest.fixture
-def deferred_fk(backend, scope):
-    if backend.kind != "mysql":
-        backend.sql("DROP TABLE IF EXISTS children")
-        backend.sql("DROP TABLE IF EXISTS parents")
-        backend.sql("CREATE TABLE parents (id INTEGER PRIMARY KEY)")
-        backend.sql("CREATE TABLE children (id INTEGER PRIMARY KEY, parent_id INTEGER "
-                    "REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)")
-    if backend.kind == "sqlite":  # SQLite checks foreign keys only when asked, per connection
-        scope.connection.query("PRAGMA foreign_keys = ON")
-    return backend
 
 
 @pytest.mark.parametrize("ending", ["return", "redirect"])
-def test_failed_commit_answers_500_and_keeps_nothing(scope, deferred_fk, ending):
-    backend = deferred_fk
-
+def test_failed_commit_answers_500_and_keeps_nothing(scope, backend, make_commit_fail, ending):
     def handler():
         write()
-        _make_commit_fail(backend)
+        make_commit_fail()
         if ending == "redirect":
             raise web.seeother("/done")
         return "claims success"

@@ -230,37 +230,14 @@ def test_app_close_runs_inside_the_scope_before_commit(wrap, backend):
 # -- a failed COMMIT: 500 while the answer can change, an abort after -----------------------
 
 
-def _make_commit_fail(backend):
-    """Arrange for this transaction's COMMIT to fail, the way each database can."""
-    conn = sqlhub.getConnection()
-    if backend.kind == "mysql":
-        own_id = conn.queryOne("SELECT CONNECTION_ID()")[0]
-        backend.sql("KILL %d" % own_id)
-        return
-    conn.query("INSERT INTO children (id, parent_id) VALUES (1, 999)")
-
-
-@pytest.fixture
-def deferred_fk(backend, scope):
-    if backend.kind != "mysql":
-        backend.sql("DROP TABLE IF EXISTS children")
-        backend.sql("DROP TABLE IF EXISTS parents")
-        backend.sql("CREATE TABLE parents (id INTEGER PRIMARY KEY)")
-        backend.sql("CREATE TABLE children (id INTEGER PRIMARY KEY, parent_id INTEGER "
-                    "REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)")
-    if backend.kind == "sqlite":  # SQLite checks foreign keys only when asked, per connection
-        scope.connection.query("PRAGMA foreign_keys = ON")
-    return backend
 
 
 @pytest.mark.parametrize("body", ["list", "empty iterable"])
 @pytest.mark.parametrize("status", ["200 OK", "303 See Other"])
-def test_failed_commit_of_a_complete_body_answers_500(wrap, deferred_fk, status, body):
-    backend = deferred_fk
-
+def test_failed_commit_of_a_complete_body_answers_500(wrap, backend, make_commit_fail, status, body):
     def app(environ, start_response):
         write()
-        _make_commit_fail(backend)
+        make_commit_fail()
         start_response(status, TEXT + [("Location", "/done")])
         return [b"claims success"] if body == "list" else iter(())
 
@@ -271,9 +248,8 @@ def test_failed_commit_of_a_complete_body_answers_500(wrap, deferred_fk, status,
     assert open_scopes() == 0
 
 
-def test_failed_commit_after_streaming_began_raises_to_the_server(wrap, deferred_fk):
-    backend = deferred_fk
-    started, body = call(wrap(streaming(write, lambda: _make_commit_fail(backend))))
+def test_failed_commit_after_streaming_began_raises_to_the_server(wrap, backend, make_commit_fail):
+    started, body = call(wrap(streaming(write, make_commit_fail)))
     assert started == [("200 OK", TEXT)]
     list(body)
     with pytest.raises(CommitFailed):
