@@ -19,6 +19,7 @@ reason a request scope cares about:
 
 from __future__ import annotations
 
+import threading
 import types
 
 from sqlobject.cache import CacheSet
@@ -110,6 +111,11 @@ class ScopeTransaction(Transaction):
         db = self._dbConnection
         # Every pooled connection may have died while idle (a server restart);
         # the last try is always a brand new connection.
+        if db.dbName == "sqlite":
+            # SQLObject keeps one SQLite connection per thread, but drops, unclosed,
+            # those of threads that threading.enumerate() does not list, as it
+            # does not list mod_wsgi's request threads until they are looked up.
+            threading.current_thread()
         for _ in range(len(getattr(db, "_pool", None) or ()) + 1):
             try:
                 raw = db.getConnection()
@@ -238,7 +244,11 @@ class ScopeTransaction(Transaction):
         try:
             Transaction.commit(self, close=close)
         except Exception as e:
-            self._fail(classify(e), e)
+            kind = classify(e)
+            # A connection lost during COMMIT leaves the outcome unknown: the
+            # server may have committed and lost only the reply.  That is a
+            # failure (500), never "nothing happened, retry" (503).
+            self._fail(OTHER if kind is DISCONNECT else kind, e)
             raise
 
     def rollback(self):
