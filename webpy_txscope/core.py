@@ -27,7 +27,7 @@ from sqlobject.dbconnection import DBConnection
 
 from . import _metrics
 from ._errors import DISCONNECT, TRANSIENT, ConfigurationError, DatabaseUnavailable, classify
-from ._policy import CommitVeto, default_commit_veto
+from ._policy import CommitVeto, default_commit_veto, strict_commit_veto
 from ._tx import ScopeTransaction
 from ._uri import describe, open_connection, scrub
 
@@ -43,6 +43,9 @@ class _ThreadState(threading.local):
 
 
 _local = _ThreadState()
+
+#: What a scope's transaction holds when nothing used it (see ScopeManager._reusable).
+_PRISTINE = frozenset(("_dbConnection", "_begin", "_end", "_obsolete"))
 
 
 class CommitFailed(Exception):
@@ -240,6 +243,10 @@ class ScopeManager:
         self._begin, self._end = begin_statements(self.connection.dbName, self.isolation, self.readonly)
         self._available = True
         self._availability = threading.Lock()
+        self._idle = _ThreadState()  # .scope: this thread's last scope, if it can serve again
+        # The package's own vetoes are pure functions of (status, headers), so
+        # their answers are kept; a user's veto is asked every time.
+        self._verdicts = {} if commit_veto in (default_commit_veto, strict_commit_veto) else None
         _guard_reconnect(self.connection)
         _connections.add(self.connection)
 
@@ -260,7 +267,15 @@ class ScopeManager:
 
     def open(self, attempt: int = 1) -> Scope:
         """Open a scope and bind it to this thread."""
-        scope = Scope(self, self._begin, self._end, attempt)
+        idle = self._idle
+        scope = idle.scope
+        if scope is None:
+            scope = Scope(self, self._begin, self._end, attempt)
+        else:
+            idle.scope = None
+            scope.started = time.monotonic()
+            scope.attempt = attempt
+            scope.tx._obsolete = False
         scope.bind()
         _metrics.opened(scope)
         if log.isEnabledFor(logging.DEBUG):
@@ -294,11 +309,29 @@ class ScopeManager:
             raise CommitFailed("the commit did not happen, nothing was kept: %s" % self._safe(error)) from error
         if commit:
             self._count(scope, "commit", reason)
-            self._run_hooks(scope)
+            if scope.hooks:
+                self._run_hooks(scope)
         else:
             self._count(scope, "rollback", reason or "rolled back")
-        if scope.tx.began and scope.failure_kind is not DISCONNECT:
+        if not scope.tx.began:
+            if self._reusable(scope):
+                self._idle.scope = scope
+        elif scope.failure_kind is not DISCONNECT:
             self.available()  # a stale pooled connection proves nothing about the server
+
+    def _reusable(self, scope: Scope) -> bool:
+        """True if *scope* ended exactly as it was opened, so this thread may open it again.
+
+        Most requests of a site never touch the database.  Their scope held
+        no connection, ran no statement, cached no instance, kept no hook and
+        no setting: nothing tells it from a new one but its id, so the next
+        request of the thread reuses it instead of building two objects.  A
+        scope that did anything at all is never reused.
+        """
+        tx = scope.tx
+        return (not scope.hooks and not scope.doomed
+                and tx._begin is self._begin and tx._end is self._end
+                and tx.__dict__.keys() == _PRISTINE)
 
     @staticmethod
     def _commit(tx: ScopeTransaction) -> Optional[BaseException]:
@@ -342,11 +375,26 @@ class ScopeManager:
         A commit veto that raises counts as a veto: rolling back loses nothing
         that was acknowledged.
         """
+        verdicts = self._verdicts
+        key = None
+        if verdicts is not None:
+            try:
+                key = (status, tuple(headers) if headers else ())
+                known = verdicts.get(key)
+            except TypeError:  # something unhashable in the headers
+                key = known = None
+            if known is not None:
+                return known
         try:
-            return not self.commit_veto(status, headers)
+            answer = not self.commit_veto(status, headers)
         except Exception:
             log.exception("commit veto %r raised; rolling back", self.commit_veto)
             return False
+        if key is not None:
+            if len(verdicts) >= 512:  # unique headers (cookies, ETags) must not grow it forever
+                verdicts.clear()
+            verdicts[key] = answer
+        return answer
 
     # -- retries -------------------------------------------------------------
 
