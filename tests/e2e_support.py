@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -111,15 +112,20 @@ class Session:
 
 
 class Database:
-    """The e2e database of one kind, as another process sees it."""
+    """The e2e database of one kind, as another process sees it.
 
-    def __init__(self, kind: str, uri: str, path: Path | None = None):
-        self.kind = kind
+    `kind` is sqlite, postgres or mysql; `name` adds the app's driver when it
+    is not the default one (postgres-psycopg2, mysql-pymysql).
+    """
+
+    def __init__(self, name: str, uri: str, path: Path | None = None):
+        self.name = name
+        self.kind = name.split("-")[0]
         self.uri = uri
         self.path = path
 
     def __repr__(self) -> str:
-        return self.kind
+        return self.name
 
     def connect(self):
         """A DB-API connection to the e2e database in autocommit, never the app's."""
@@ -192,20 +198,25 @@ def _hold_e2e_lock(timeout: float = 900.0) -> None:
     _lock_file = handle  # held until this process exits
 
 
-def prepare(kind: str, data_dir: Path | None = None) -> Database:
-    """The e2e database of `kind` with the cookbook's table and sample users.
+def prepare(name: str, data_dir: Path | None = None) -> Database:
+    """The e2e database `name` (see `Database`) with the cookbook's table and sample users.
 
     PostgreSQL and MariaDB databases are dropped and made again the first
     time in a test run; SQLite lives in `data_dir` (a folder www-data owns).
+    The app connects with the default driver (psycopg, mysqlclient) unless
+    `name` says otherwise.
     """
     _hold_e2e_lock()
+    kind, _, driver = name.partition("-")
     if kind == "sqlite":
         path = data_dir / "app.db"
-        database = Database(kind, f"sqlite:{path}", path)
+        database = Database(name, f"sqlite:{path}", path)
     elif kind == "postgres":
-        database = Database(kind, f"postgres://postgres@127.0.0.1/{E2E_DB}")
+        database = Database(name, f"postgres://postgres@127.0.0.1/{E2E_DB}")
     else:
-        database = Database(kind, f"mysql://root@127.0.0.1/{E2E_DB}")
+        database = Database(name, f"mysql://root@127.0.0.1/{E2E_DB}")
+    if driver:
+        database.uri += f"?driver={driver}"
     if kind not in _prepared and kind != "sqlite":
         _recreate(kind)
         _prepared.add(kind)
@@ -475,6 +486,10 @@ def checker(url: str, *options: str) -> dict:
 
 OK_STATUS = {"read": 200, "write": 200, "crash": 500}
 FAULT_STATUSES = (500, 503)
+# The rules a load checks; Load.violations lists what broke each.
+LOST = "acknowledged write lost"
+LEAKED = "write of a failed request seen"
+WRONG_ANSWER = "answer neither as the handler gives it nor 500/503"
 
 
 @dataclass
@@ -510,9 +525,9 @@ class Load:
       the server may have committed before the connection broke), so both
       values are possible until a read says which.
 
-    A read that finds anything else is a *violation*: a lost acknowledged
-    write, or a leaked write of a failed request.  The rows are checked once
-    more, in the database itself, by `verify`.
+    A read that finds anything else breaks a rule (`LOST` or `LEAKED`), and so
+    does any answer but the handler's own or a 500 or 503 (`WRONG_ANSWER`).
+    The rows are checked once more, in the database itself, by `verify`.
     """
 
     def __init__(self, url: str, users: list[dict], clients: int, pattern: tuple[str, ...], prefix: str):
@@ -523,7 +538,7 @@ class Load:
         self.clients = [self.rows[n::clients] for n in range(clients)]
         assert all(self.clients), "every client needs a row of its own"
         self.outcomes: list[Outcome] = []
-        self.violations: list[str] = []
+        self.violations: dict[str, list[str]] = {LOST: [], LEAKED: [], WRONG_ANSWER: []}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._serial = itertools.count()
@@ -583,24 +598,25 @@ class Load:
         try:
             answer = call(self.url, method, path, payload)
         except NoAnswer as e:
-            self._keep(Outcome(kind, None, started, time.monotonic(), False), f"{kind}: no answer: {e}")
+            self._keep(Outcome(kind, None, started, time.monotonic(), False))
+            self._violation(WRONG_ANSWER, f"{kind} {path}: no answer: {e}")
             return None
-        outcome = Outcome(kind, answer.status, started, time.monotonic(), "retry-after" in answer.headers)
-        wrong = None
+        self._keep(Outcome(kind, answer.status, started, time.monotonic(), "retry-after" in answer.headers))
         if answer.status not in (OK_STATUS[kind], *FAULT_STATUSES):
-            wrong = f"{kind} {path} answered {answer}"
-        self._keep(outcome, wrong)
+            self._violation(WRONG_ANSWER, f"{kind} {path} answered {answer}")
         return answer
 
-    def _keep(self, outcome: Outcome, violation: str | None) -> None:
+    def _keep(self, outcome: Outcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)
-            if violation:
-                self.violations.append(violation)
 
-    def _violation(self, text: str) -> None:
+    def _violation(self, rule: str, text: str) -> None:
         with self._lock:
-            self.violations.append(text)
+            self.violations[rule].append(text)
+
+    def broken(self) -> list[str]:
+        """Every violation of every rule."""
+        return [f"{rule}: {text}" for rule, texts in self.violations.items() for text in texts]
 
     def _value(self, row: Row, kind: str) -> str:
         return f"{self.prefix}-{row.id}-{kind}{next(self._serial)}"
@@ -613,7 +629,7 @@ class Load:
         elif answer.status == 200:
             got = answer.json().get("fullname")
             if got != value:
-                self._violation(f"write of row {row.id} acknowledged {got!r}, sent {value!r}")
+                self._violation(LOST, f"write of row {row.id} acknowledged {got!r}, sent {value!r}")
             row.possible = {value}
         elif answer.status == 503:
             row.forbidden.add(value)
@@ -635,10 +651,9 @@ class Load:
         if got in row.possible:
             row.possible = {got}
         elif got in row.forbidden:
-            self._violation(f"{where} of row {row.id}: {got!r}, the write of a failed request")
+            self._violation(LEAKED, f"{where} of row {row.id}: {got!r}, written by a failed request")
         else:
-            self._violation(f"{where} of row {row.id}: {got!r}, expected one of {sorted(row.possible)}: "
-                            "an acknowledged write was lost")
+            self._violation(LOST, f"{where} of row {row.id}: {got!r}, expected one of {sorted(row.possible)}")
 
     def verify(self, database: Database) -> None:
         """Judge every row's value in the database itself (after the load stopped)."""
@@ -649,11 +664,7 @@ class Load:
     # -- what happened -----------------------------------------------------------
 
     def statuses(self, kind: str | None = None) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for o in self.outcomes:
-            if kind is None or o.kind == kind:
-                key = str(o.status) if o.status is not None else "no answer"
-                counts[key] = counts.get(key, 0) + 1
+        counts = Counter(str(o.status or "no answer") for o in self.outcomes if kind in (None, o.kind))
         return dict(sorted(counts.items()))
 
     def failed(self, outcomes=None) -> list[Outcome]:
@@ -669,7 +680,9 @@ class Load:
             "requests_failed": len(self.failed()),
             "statuses": {kind: self.statuses(kind) for kind in ("read", "write", "crash")},
             "writes_acknowledged": sum(o.kind == "write" and o.status == 200 for o in self.outcomes),
-            "violations": len(self.violations),
+            "writes_lost": len(self.violations[LOST]),
+            "writes_of_failed_requests_seen": len(self.violations[LEAKED]),
+            "wrong_answers": len(self.violations[WRONG_ANSWER]),
         }
 
 
@@ -775,12 +788,44 @@ FIGURES: dict = {}
 
 
 def record(section: str, key: str, figures: dict) -> None:
-    """Keep one test's measured figures and write tests/e2e_figures.json with all of this run's."""
+    """Keep one test's measured figures; rewrite tests/e2e_figures.json with all of this run's.
+
+    The file is rewritten after every test that measures something, so at the
+    end of a run it holds that run's figures, the totals first.
+    """
     FIGURES.setdefault(section, {})[key] = figures
     document = {
         "command": COMMAND,
         "server": f"mod_wsgi-express, {PROCESSES} daemon processes x {THREADS} threads, 127.0.0.1",
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "totals": totals(FIGURES),
         **FIGURES,
     }
-    FIGURES_FILE.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    FIGURES_FILE.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def totals(figures: dict) -> dict:
+    """The headline numbers over every database and test of a run."""
+    def total(section: str, field: str, where=lambda key: True) -> int:
+        return sum(v.get(field, 0) for k, v in figures.get(section, {}).items() if where(k))
+
+    on, off = (lambda k: k.endswith("processor on")), (lambda k: k.endswith("processor off"))
+    loads = ("faults", "leaks")
+    return {
+        "checks_with_processor": total("stale_reads", "checks", on),
+        "stale_reads_with_processor": total("stale_reads", "stale_reads", on),
+        "checks_without_processor": total("stale_reads", "checks", off),
+        "stale_reads_without_processor": total("stale_reads", "stale_reads", off),
+        "faults_injected": sum(total("faults", f) for f in (
+            "backends_terminated", "server_restarts", "connections_killed_inside_a_transaction"))
+        + total("idle_connection_killed", "connections_ended_while_idle")
+        + total("database_unreachable", "outages"),
+        "requests_under_faults": total("faults", "requests"),
+        "requests_failed_under_faults": total("faults", "requests_failed"),
+        "requests_failed_in_the_handler": total("leaks", "failed_in_the_handler")
+        + total("stale_reads", "crash_writes", on),
+        "writes_acknowledged": sum(total(s, "writes_acknowledged") for s in loads),
+        "writes_lost": sum(total(s, "writes_lost") for s in loads) + total("stale_reads", "lost_writes", on),
+        "writes_of_failed_requests_seen": sum(total(s, "writes_of_failed_requests_seen") for s in loads)
+        + total("stale_reads", "leaked_crash_writes", on),
+    }

@@ -3,7 +3,9 @@
 The other end-to-end tests serve the cookbook through mod_wsgi-express; this
 one runs Debian's own ``apache2`` with the example config (its paths pointed
 at a copy of the checkout and at the test venv), so that the example and
-app.wsgi's way of finding app.py stay right for users.
+app.wsgi's way of finding app.py stay right for users.  As for a user, the
+daemons import webpy_txscope from the venv (python-path comes after
+site-packages), which .ci/install-modwsgi.sh reinstalls from the work tree.
 """
 
 import contextlib
