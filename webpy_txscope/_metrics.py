@@ -13,22 +13,24 @@ import logging
 import threading
 import time
 import weakref
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 log = logging.getLogger("webpy_txscope")
 
 _counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0}
-_open: Dict[int, Tuple[float, object]] = {}  # id(scope) -> (started, its ScopeManager)
-_warned: set = set()  # ids of open scopes already reported as too old
+# Every request passes here twice: one dict operation each way, no tuple.
+_open: Dict[object, float] = {}  # open scope -> when it opened (its manager: scope.manager)
+_warned: set = set()  # open scopes already reported as too old
 
 
 def opened(scope) -> None:
-    _open[id(scope)] = (scope.started, scope.manager)
+    _open[scope] = scope.started
 
 
 def closed(scope) -> None:
-    _open.pop(id(scope), None)
-    _warned.discard(id(scope))
+    _open.pop(scope, None)
+    if _warned:
+        _warned.discard(scope)
 
 
 def count(outcome: str) -> None:
@@ -46,7 +48,7 @@ def oldest_scope_age() -> float:
     Reading it runs :func:`check_scope_ages` with each scope's own ``max_age``.
     """
     check_scope_ages()
-    started = [entry[0] for entry in list(_open.values())]
+    started = list(_open.values())
     return time.monotonic() - min(started) if started else 0.0
 
 
@@ -60,7 +62,8 @@ def check_scope_ages(limit: Optional[float] = None) -> int:
     """
     now = time.monotonic()
     over = 0
-    for key, (started, manager) in list(_open.items()):
+    for key, started in list(_open.items()):
+        manager = key.manager
         bound = getattr(manager, "max_age", None) if limit is None else limit
         age = now - started
         if bound is None or age <= bound:

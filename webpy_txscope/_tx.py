@@ -66,7 +66,6 @@ class ScopeTransaction(Transaction):
 
     # Every request makes one of these, and many never touch the database:
     # the state starts as class defaults, and the caches are made on first use.
-    _obsolete = False
     _raw = None
     _began = False
     _reached = False
@@ -75,6 +74,7 @@ class ScopeTransaction(Transaction):
     failure = None
 
     def __init__(self, dbConnection, begin=(), end=()):
+        self._obsolete = False
         self._dbConnection = dbConnection
         self._begin = begin
         self._end = end
@@ -308,6 +308,11 @@ class ScopeTransaction(Transaction):
         self.__dict__[name] = bound
         self._delegated += (name,)
         return bound
+
+
+#: The keys of a ScopeTransaction's ``__dict__`` until something uses it: any
+#: use at all (a checkout, a delegated lookup, its cache, a failure) adds one.
+UNTOUCHED = frozenset(("_obsolete", "_dbConnection", "_begin", "_end"))
 
 
 class TransactionAborted(Exception):

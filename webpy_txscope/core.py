@@ -28,7 +28,7 @@ from sqlobject.dbconnection import DBConnection
 from . import _metrics
 from ._errors import DISCONNECT, TRANSIENT, ConfigurationError, DatabaseUnavailable, classify
 from ._policy import CommitVeto, default_commit_veto, strict_commit_veto
-from ._tx import ScopeTransaction
+from ._tx import UNTOUCHED, ScopeTransaction
 from ._uri import describe, open_connection, scrub
 
 log = logging.getLogger("webpy_txscope")
@@ -43,9 +43,6 @@ class _ThreadState(threading.local):
 
 
 _local = _ThreadState()
-
-#: What a scope's transaction holds when nothing used it (see ScopeManager._reusable).
-_PRISTINE = frozenset(("_dbConnection", "_begin", "_end", "_obsolete"))
 
 
 class CommitFailed(Exception):
@@ -144,7 +141,7 @@ class Scope:
     ``hooks`` (see :func:`on_commit`) and ``doomed`` (see :func:`doom`).
     """
 
-    __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "_prev", "_outer", "_bound")
+    __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "_prev", "_outer", "_bound", "_state")
 
     def __init__(self, manager: "ScopeManager", begin=(), end=(), attempt: int = 1):
         self.manager = manager
@@ -156,15 +153,22 @@ class Scope:
         self._prev = _MISSING
         self._outer = None
         self._bound = False
+        self._state = None  # while bound: this thread's dicts of the hub's and our thread-locals
 
     def bind(self) -> None:
         """Make this scope's transaction the thread's connection."""
-        local = self.manager.hub.threadingLocal
-        # __dict__.get: a thread without a connection yet costs no exception.
-        self._prev = local.__dict__.get("connection", _MISSING)
-        local.connection = self.tx
-        self._outer = _local.scope
-        _local.scope = self
+        self._bind(_local.__dict__)
+
+    def _bind(self, ours: dict) -> None:
+        # Work on this thread's dicts of the two thread-locals (each lookup of
+        # a thread-local costs as much as a dozen dict operations); .get: a
+        # thread without a connection yet costs no exception.
+        hub = self.manager.hub.threadingLocal.__dict__
+        self._state = (hub, ours)
+        self._prev = hub.get("connection", _MISSING)
+        hub["connection"] = self.tx
+        self._outer = ours.get("scope")
+        ours["scope"] = self
         self._bound = True
 
     def unbind(self) -> None:
@@ -172,13 +176,14 @@ class Scope:
         if not self._bound:
             return
         self._bound = False
-        local = self.manager.hub.threadingLocal
+        hub, ours = self._state
+        self._state = None
         if self._prev is _MISSING:
-            local.__dict__.pop("connection", None)
+            hub.pop("connection", None)
         else:
-            local.connection = self._prev
+            hub["connection"] = self._prev
         self._prev = _MISSING
-        _local.scope = self._outer
+        ours["scope"] = self._outer
         self._outer = None
 
     def configure(self, isolation: Optional[str] = _MISSING, readonly: Optional[bool] = _MISSING) -> None:
@@ -243,7 +248,6 @@ class ScopeManager:
         self._begin, self._end = begin_statements(self.connection.dbName, self.isolation, self.readonly)
         self._available = True
         self._availability = threading.Lock()
-        self._idle = _ThreadState()  # .scope: this thread's last scope, if it can serve again
         # The package's own vetoes are pure functions of (status, headers), so
         # their answers are kept; a user's veto is asked every time.
         self._verdicts = {} if commit_veto in (default_commit_veto, strict_commit_veto) else None
@@ -267,16 +271,15 @@ class ScopeManager:
 
     def open(self, attempt: int = 1) -> Scope:
         """Open a scope and bind it to this thread."""
-        idle = self._idle
-        scope = idle.scope
+        ours = _local.__dict__
+        scope = ours.pop(self, None)  # this thread's last scope of ours, kept by close() if untouched
         if scope is None:
             scope = Scope(self, self._begin, self._end, attempt)
         else:
-            idle.scope = None
             scope.started = time.monotonic()
             scope.attempt = attempt
             scope.tx._obsolete = False
-        scope.bind()
+        scope._bind(ours)
         _metrics.opened(scope)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("begin on %s (attempt %d of %d; the first statement checks out a connection)",
@@ -295,12 +298,22 @@ class ScopeManager:
         """
         if scope.doomed:
             commit, reason = False, "doomed"
+        tx = scope.tx
+        state = scope._state
+        # Most requests of a site never touch the database: their transaction
+        # checked out nothing, ran nothing, cached nothing, so there is
+        # nothing to send or clean up.
+        untouched = tx.__dict__.keys() == UNTOUCHED
         error = None
         try:
-            if commit:
-                error = self._commit(scope.tx)
+            if untouched:
+                tx._obsolete = True
+            elif tx._raw is None and tx.failure is None:
+                tx._finish()  # nothing reached the server: no COMMIT or ROLLBACK to send
+            elif commit:
+                error = self._commit(tx)
             else:
-                scope.tx.rollback()
+                tx.rollback()
         finally:
             scope.unbind()
             _metrics.closed(scope)
@@ -313,25 +326,15 @@ class ScopeManager:
                 self._run_hooks(scope)
         else:
             self._count(scope, "rollback", reason or "rolled back")
-        if not scope.tx.began:
-            if self._reusable(scope):
-                self._idle.scope = scope
-        elif scope.failure_kind is not DISCONNECT:
+        if untouched:
+            # Nothing tells such a scope from a new one but its id: keep it for
+            # this thread's next open() instead of building two objects again,
+            # unless it carries a hook, a doom or its own settings.
+            if state is not None and not scope.hooks and not scope.doomed \
+                    and tx._begin is self._begin and tx._end is self._end:
+                state[1][self] = scope
+        elif tx._began and scope.failure_kind is not DISCONNECT:
             self.available()  # a stale pooled connection proves nothing about the server
-
-    def _reusable(self, scope: Scope) -> bool:
-        """True if *scope* ended exactly as it was opened, so this thread may open it again.
-
-        Most requests of a site never touch the database.  Their scope held
-        no connection, ran no statement, cached no instance, kept no hook and
-        no setting: nothing tells it from a new one but its id, so the next
-        request of the thread reuses it instead of building two objects.  A
-        scope that did anything at all is never reused.
-        """
-        tx = scope.tx
-        return (not scope.hooks and not scope.doomed
-                and tx._begin is self._begin and tx._end is self._end
-                and tx.__dict__.keys() == _PRISTINE)
 
     @staticmethod
     def _commit(tx: ScopeTransaction) -> Optional[BaseException]:

@@ -23,7 +23,8 @@ from sqlobject.dbconnection import DBConnection
 
 from ._errors import DISCONNECT
 from ._policy import CommitVeto, default_commit_veto
-from .core import _MISSING, CommitFailed, Scope, ScopeManager, current_scope, normalize_isolation, unavailable_answer
+from .core import (_MISSING, CommitFailed, Scope, ScopeManager, _local, current_scope, normalize_isolation,
+                   unavailable_answer)
 
 
 class txscope:
@@ -95,7 +96,7 @@ class txscope:
         if "env" not in web.ctx:
             manager.bind_process()
             return handler()
-        if manager.active() is not None:
+        if _local.scope is not None and manager.active() is not None:
             return handler()  # already inside a scope: join it
         return self._handle(handler)
 
@@ -116,7 +117,8 @@ class txscope:
             else:
                 if hasattr(result, "__next__"):
                     return _ScopedBody(scope, result)
-            commit = manager.verdict(ctx.status, ctx.headers)
+            status = ctx.status
+            commit = manager.verdict(status, ctx.headers)
             # web.py turned the handler's exception into a 500 whose context
             # still holds it: a serialization failure there is worth a retry.
             if not commit and replay is not None and manager.should_retry(scope, answer):
@@ -125,7 +127,7 @@ class txscope:
                 replay.reset(ctx)
                 continue
             try:
-                manager.close(scope, commit, "status " + ctx.status)
+                manager.close(scope, commit, "status " + status)
             except CommitFailed as e:
                 if replay is not None and manager.should_retry(scope, e.__cause__):
                     manager.backoff(scope)
