@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from e2e_support import CSRF_SECRET, PROCESSES, REPO, checker, prepare, record, wait_for
-from modwsgi import VENV, _free_port, _mod_wsgi_express, _open_to_all, server_processes, www_data_dir
+from modwsgi import INSTALL_HINT, VENV, _free_port, _mod_wsgi_express, _open_to_all, server_processes, www_data_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +62,8 @@ def checkout_copy():
 def apache(site_conf, env):
     """Run apache2 with `site_conf` on a free port; stop it and check that nothing is left."""
     _mod_wsgi_express()  # fails with the install hint when the venv is missing
+    if not Path(APACHE).is_file():
+        pytest.fail(f"{APACHE} not found: {INSTALL_HINT}", pytrace=False)
     with tempfile.TemporaryDirectory(prefix="txscope-apache-") as name:
         root = Path(name)
         root.chmod(0o755)
