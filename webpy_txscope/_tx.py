@@ -109,13 +109,13 @@ class ScopeTransaction(Transaction):
     def _checkout(self):
         self.assertActive()
         db = self._dbConnection
-        # Every pooled connection may have died while idle (a server restart);
-        # the last try is always a brand new connection.
         if db.dbName == "sqlite":
             # SQLObject keeps one SQLite connection per thread, but drops, unclosed,
             # those of threads that threading.enumerate() does not list, as it
             # does not list mod_wsgi's request threads until they are looked up.
             threading.current_thread()
+        # Every pooled connection may have died while idle (a server restart);
+        # the last try is always a brand new connection.
         for _ in range(len(getattr(db, "_pool", None) or ()) + 1):
             try:
                 raw = db.getConnection()
