@@ -68,7 +68,7 @@ def _clean(fields, need_password):
         errors.append("name: 1 to 40 letters, digits, '_', '.' or '-'")
     fullname = fields.get("fullname")
     if not isinstance(fullname, str) or not fullname.strip() or len(fullname) > LIMITS["fullname"] \
-            or not fullname.isprintable():
+            or not fullname.isprintable() or "\ufffd" in fullname:  # U+FFFD: the form was not UTF-8
         errors.append("fullname: 1 to 200 printable characters")
     password = fields.get("password")
     if need_password and not (isinstance(password, str) and 8 <= len(password) <= LIMITS["password"]):

@@ -200,3 +200,10 @@ def test_models_then_app_serve_the_sample_users(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_form_that_is_not_utf8_is_400(client, backend):
+    response = client.post("/users/1/edit", "csrf_token=%s&fullname=%%c3%%28" % token(client, "/users/1/edit"),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"}, expect_errors=True)
+    assert response.status == 400
+    assert backend.fullname(1) == "Full 1"

@@ -46,7 +46,12 @@ _local = _ThreadState()
 
 
 class CommitFailed(Exception):
-    """COMMIT failed: nothing of the unit of work was kept."""
+    """A requested commit did not succeed.
+
+    The transaction was rolled back, except in one case no client can rule
+    out: a connection lost while the server was committing, where only the
+    reply may have been lost.  Either way the answer must not claim success.
+    """
 
 
 def current_scope() -> Optional["Scope"]:
@@ -319,7 +324,7 @@ class ScopeManager:
             _metrics.closed(scope)
         if error is not None:
             self._count(scope, "failed", "commit failed: %s" % self._safe(error))
-            raise CommitFailed("the commit did not happen, nothing was kept: %s" % self._safe(error)) from error
+            raise CommitFailed("the commit did not succeed: %s" % self._safe(error)) from error
         if commit:
             self._count(scope, "commit", reason)
             if scope.hooks:
