@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import types
 
+from sqlobject import main as _sqlobject_main
 from sqlobject.cache import CacheSet
 from sqlobject.dbconnection import ConnWrapper, Transaction
 
@@ -29,6 +30,10 @@ from ._errors import DISCONNECT, OTHER, ConnectionLost, DatabaseUnavailable, cla
 from ._uri import describe, scrub
 
 _MISSING = object()
+
+#: SQLObject's thread-local list of calls postponed to the end of the
+#: outermost constructor (see ScopeTransaction._select_all), if this version has it.
+_POSTPONED = getattr(_sqlobject_main, "_postponed_local", None)
 
 #: Settings of the connection that SQLObject's column converters read for
 #: every string value of every row (``StringValidator.to_python``): fixed when
@@ -225,7 +230,24 @@ class ScopeTransaction(Transaction):
         return iter(self._run(self._select_all, select))
 
     def _select_all(self, raw, select):
-        return list(select.IterationClass(self, raw, select, keepConnection=True))
+        # Each row becomes a new instance: SQLObject.__init__ first looks for
+        # its thread-local list of postponed calls and, the outermost
+        # constructor being absent, makes one by catching an AttributeError
+        # and deletes it again; that is half the cost of an instance.  This
+        # loop plays the outermost constructor instead, exactly as SQLObject
+        # would: one list for all rows, its calls run at the end.
+        postponed = _POSTPONED.__dict__ if _POSTPONED is not None else None
+        if postponed is None or "postponed_calls" in postponed:
+            return list(select.IterationClass(self, raw, select, keepConnection=True))
+        calls = postponed["postponed_calls"] = []
+        try:
+            return list(select.IterationClass(self, raw, select, keepConnection=True))
+        finally:
+            try:
+                for call in calls:
+                    call()
+            finally:
+                postponed.pop("postponed_calls", None)
 
     # -- ending --------------------------------------------------------------
 
