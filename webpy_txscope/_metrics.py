@@ -17,7 +17,9 @@ from typing import Dict, Optional
 
 log = logging.getLogger("webpy_txscope")
 
-_counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0}
+# "untouched": scopes that ended without touching the database, so with
+# nothing to commit or roll back (see ScopeManager.close_untouched).
+_counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0, "untouched": 0}
 # Every request passes here twice: one dict operation each way, no tuple.
 _open: Dict[object, float] = {}  # open scope -> when it opened (its manager: scope.manager)
 _warned: set = set()  # open scopes already reported as too old
@@ -77,16 +79,20 @@ def check_scope_ages(limit: Optional[float] = None) -> int:
 
 
 def stats() -> Dict[str, float]:
-    """A snapshot: commits, rollbacks, failed commits, retries, open scopes, oldest age.
+    """A snapshot: commits, rollbacks, failed commits, retries, untouched scopes, open scopes, oldest age.
+
+    A scope that never touched the database counts as ``untouched``, not as
+    a commit or a rollback: it had nothing to commit or roll back.
 
     >>> sorted(stats())
-    ['commits', 'failed_commits', 'oldest_scope_age', 'open_scopes', 'retries', 'rollbacks']
+    ['commits', 'failed_commits', 'oldest_scope_age', 'open_scopes', 'retries', 'rollbacks', 'untouched']
     """
     return {
         "commits": _counts["commit"],
         "rollbacks": _counts["rollback"],
         "failed_commits": _counts["failed"],
         "retries": _counts["retry"],
+        "untouched": _counts["untouched"],
         "open_scopes": open_scopes(),
         "oldest_scope_age": oldest_scope_age(),
     }
@@ -110,7 +116,7 @@ def export_prometheus(registry=None) -> None:
     class _Collector:
         def collect(self):
             snapshot = stats()
-            for name in ("commits", "rollbacks", "failed_commits", "retries"):
+            for name in ("commits", "rollbacks", "failed_commits", "retries", "untouched"):
                 yield CounterMetricFamily("txscope_" + name, "Scopes ended: " + name.replace("_", " "),
                                           value=snapshot[name])
             yield GaugeMetricFamily("txscope_open_scopes", "Scopes open now", value=snapshot["open_scopes"])

@@ -301,19 +301,14 @@ class ScopeManager:
         failure, a deadlock or a lost connection (the server rolled back).
         The transaction was rolled back and its connection released first.
         """
+        if self.close_untouched(scope):
+            return
         if scope.doomed:
             commit, reason = False, "doomed"
         tx = scope.tx
-        state = scope._state
-        # Most requests of a site never touch the database: their transaction
-        # checked out nothing, ran nothing, cached nothing, so there is
-        # nothing to send or clean up.
-        untouched = tx.__dict__.keys() == UNTOUCHED
         error = None
         try:
-            if untouched:
-                tx._obsolete = True
-            elif tx._raw is None and tx.failure is None:
+            if tx._raw is None and tx.failure is None:
                 tx._finish()  # nothing reached the server: no COMMIT or ROLLBACK to send
             elif commit:
                 error = self._commit(tx)
@@ -331,15 +326,33 @@ class ScopeManager:
                 self._run_hooks(scope)
         else:
             self._count(scope, "rollback", reason or "rolled back")
-        if untouched:
-            # Nothing tells such a scope from a new one but its id: keep it for
-            # this thread's next open() instead of building two objects again,
-            # unless it carries a hook, a doom or its own settings.
-            if state is not None and not scope.hooks and not scope.doomed \
-                    and tx._begin is self._begin and tx._end is self._end:
-                state[1][self] = scope
-        elif tx._began and scope.failure_kind is not DISCONNECT:
+        if tx._began and scope.failure_kind is not DISCONNECT:
             self.available()  # a stale pooled connection proves nothing about the server
+
+    def close_untouched(self, scope: Scope) -> bool:
+        """End *scope* if there is nothing to decide; True if it did, False to use :meth:`close`.
+
+        Most requests of a site never touch the database.  When nothing used
+        the scope's transaction (no checkout, statement, cached instance or
+        failure: see ``ScopeTransaction.UNTOUCHED``) and the scope carries no
+        after-commit hook and no doom, there is nothing to commit, roll back
+        or run, so an adapter need not even ask the commit veto: the scope is
+        counted as ``untouched``, neither a commit nor a rollback.
+        """
+        tx = scope.tx
+        if scope.hooks or scope.doomed or tx.__dict__.keys() != UNTOUCHED:
+            return False
+        tx._obsolete = True
+        state = scope._state
+        scope.unbind()
+        _metrics.closed(scope)
+        self._count(scope, "untouched", "")
+        # Nothing tells this scope from a new one but its id: the thread's
+        # next open() reuses it instead of building two objects again, unless
+        # it carries its own settings (scope_options) or was not bound here.
+        if state is not None and tx._begin is self._begin and tx._end is self._end:
+            state[1][self] = scope
+        return True
 
     @staticmethod
     def _commit(tx: ScopeTransaction) -> Optional[BaseException]:

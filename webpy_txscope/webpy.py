@@ -117,6 +117,8 @@ class txscope:
             else:
                 if hasattr(result, "__next__"):
                     return _ScopedBody(scope, result)
+                if manager.close_untouched(scope):
+                    return result  # never touched the database: nothing to decide
             status = ctx.status
             commit = manager.verdict(status, ctx.headers)
             # web.py turned the handler's exception into a 500 whose context
