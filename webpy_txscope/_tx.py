@@ -19,6 +19,7 @@ reason a request scope cares about:
 
 from __future__ import annotations
 
+import logging
 import threading
 import types
 
@@ -28,6 +29,8 @@ from sqlobject.dbconnection import ConnWrapper, Transaction
 
 from ._errors import DISCONNECT, OTHER, ConnectionLost, DatabaseUnavailable, classify, is_dead
 from ._uri import describe, scrub
+
+log = logging.getLogger("webpy_txscope")
 
 _MISSING = object()
 
@@ -144,6 +147,8 @@ class ScopeTransaction(Transaction):
                 raise
             self._raw = raw
             self._began = True
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("begin on %s: the first statement checked out a connection", describe(db))
             return raw
         self._fail(DISCONNECT, None)
         raise DatabaseUnavailable("no live connection to %s" % describe(db))

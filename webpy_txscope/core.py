@@ -33,6 +33,11 @@ from ._uri import describe, open_connection, scrub
 
 log = logging.getLogger("webpy_txscope")
 
+# ScopeTransaction.__init__ sets the UNTOUCHED attributes and nothing ever
+# deletes them, so a transaction is untouched exactly when its __dict__ has
+# that many keys (a length is far cheaper to compare than the keys).
+_UNTOUCHED_SIZE = len(UNTOUCHED)
+
 ISOLATION_LEVELS = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 
 _MISSING = object()
@@ -161,14 +166,11 @@ class Scope:
         self._state = None  # while bound: this thread's dicts of the hub's and our thread-locals
 
     def bind(self) -> None:
-        """Make this scope's transaction the thread's connection."""
-        self._bind(_local.__dict__)
-
-    def _bind(self, ours: dict) -> None:
+        """Make this scope's transaction the thread's connection (ScopeManager.open inlines it)."""
         # Work on this thread's dicts of the two thread-locals (each lookup of
         # a thread-local costs as much as a dozen dict operations); .get: a
         # thread without a connection yet costs no exception.
-        hub = self.manager.hub.threadingLocal.__dict__
+        hub, ours = self.manager.hub.threadingLocal.__dict__, _local.__dict__
         self._state = (hub, ours)
         self._prev = hub.get("connection", _MISSING)
         hub["connection"] = self.tx
@@ -284,12 +286,17 @@ class ScopeManager:
             scope.started = time.monotonic()
             scope.attempt = attempt
             scope.tx._obsolete = False
-        scope._bind(ours)
-        _metrics.opened(scope)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("begin on %s (attempt %d of %d; the first statement checks out a connection)",
-                      self.name, attempt, self.attempts)
-        return scope
+        # Scope.bind() and _metrics.opened(), inline: on the per-request path
+        # each function call costs as much as the work it does.
+        hub = self.hub.threadingLocal.__dict__
+        scope._state = (hub, ours)
+        scope._prev = hub.get("connection", _MISSING)
+        hub["connection"] = scope.tx
+        scope._outer = ours.get("scope")
+        ours["scope"] = scope
+        scope._bound = True
+        _metrics._open[scope] = scope.started
+        return scope  # "begin on ..." is logged by the first statement (ScopeTransaction._checkout)
 
     # -- closing: the one place a scope ends --------------------------------
 
@@ -340,13 +347,15 @@ class ScopeManager:
         counted as ``untouched``, neither a commit nor a rollback.
         """
         tx = scope.tx
-        if scope.hooks or scope.doomed or tx.__dict__.keys() != UNTOUCHED:
+        if scope.hooks or scope.doomed or len(tx.__dict__) != _UNTOUCHED_SIZE:
             return False
         tx._obsolete = True
         state = scope._state
         scope.unbind()
         _metrics.closed(scope)
-        self._count(scope, "untouched", "")
+        _metrics.count("untouched")
+        if self.max_age is not None:  # nothing began, so nothing is logged at DEBUG either
+            self._report(scope, "untouched", "")
         # Nothing tells this scope from a new one but its id: the thread's
         # next open() reuses it instead of building two objects again, unless
         # it carries its own settings (scope_options) or was not bound here.
@@ -370,6 +379,9 @@ class ScopeManager:
 
     def _count(self, scope: Scope, outcome: str, reason: str) -> None:
         _metrics.count(outcome)
+        self._report(scope, outcome, reason)
+
+    def _report(self, scope: Scope, outcome: str, reason: str) -> None:
         if self.max_age is not None and scope.age > self.max_age:
             log.warning("scope on %s was open %.1fs, longer than the limit of %.1fs",
                         self.name, scope.age, self.max_age)

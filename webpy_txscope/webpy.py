@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 from typing import Any, Callable, Optional
 
 import web
@@ -104,7 +103,9 @@ class txscope:
         manager = self.manager
         ctx = web.ctx
         replay = _Replay(ctx) if manager.attempts > 1 else None
-        for attempt in itertools.count(1):
+        attempt = 0
+        while True:
+            attempt += 1
             scope = manager.open(attempt)
             answer = None
             try:
