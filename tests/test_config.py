@@ -69,7 +69,7 @@ def test_a_connection_object_is_accepted(tmp_path):
     ({"attempts": "3"}, "attempts must be an integer of at least 1"),
     ({"isolation": "SNAPSHOT"}, "unknown isolation level 'SNAPSHOT'"),
     ({"commit_veto": "strict"}, "commit_veto must be callable"),
-    ({"retry_backoff": -1}, "retry_backoff must be >= 0"),
+    ({"retry_backoff": -1}, "retry_backoff must be a finite number of seconds >= 0"),
     ({"hub": object()}, "hub must be a sqlobject ConnectionHub"),
 ])
 def test_bad_options_are_refused_at_creation(tmp_path, kwargs, says):

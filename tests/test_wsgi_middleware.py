@@ -143,14 +143,19 @@ def test_commit_veto_option(wrap, backend):
     assert untouched(backend)
 
 
-# -- streaming bodies: bound while produced, committed only when iterated and closed --------
+# -- streaming bodies: bound while produced, committed when exhausted, before the last chunk ----
 
 
-def test_streaming_body_commits_only_after_full_iteration_and_close(wrap, backend):
-    started, body = call(wrap(streaming(lambda: None, write, lambda: None)))
+def test_streaming_body_commits_when_exhausted_before_its_last_chunk_is_delivered(wrap, backend):
+    started, body = call(wrap(streaming(lambda: None, write, lambda: b"last")))
     assert started == [("200 OK", TEXT)]
-    assert list(body) == [b"chunk "] * 3
+    chunks = iter(body)
+    assert next(chunks) == b"chunk "
+    assert next(chunks) == b"chunk "
     assert untouched(backend)
+    assert next(chunks) == b"last"
+    assert written(backend), "committed before the last chunk reached the server"
+    assert list(chunks) == []
     body.close()
     assert written(backend)
 
@@ -202,13 +207,16 @@ def test_body_closed_early_rolls_back(wrap, backend):
     assert open_scopes() == 0
 
 
-def test_body_never_closed_rolls_back_when_collected(wrap, backend):
-    started, body = call(wrap(streaming(write, lambda: None)))
-    list(body)
-    del body
-    gc.collect()
+def test_body_never_closed_rolls_back_when_dropped(wrap, backend):
+    started, body = call(wrap(streaming(write, lambda: None, lambda: None)))
+    assert next(iter(body)) == b"chunk "
+    gc.disable()  # dropped by reference count, not by a lucky collection
+    try:
+        del body
+        assert open_scopes() == 0
+    finally:
+        gc.enable()
     assert untouched(backend)
-    assert open_scopes() == 0
 
 
 def test_app_close_runs_inside_the_scope_before_commit(wrap, backend):
@@ -248,12 +256,16 @@ def test_failed_commit_of_a_complete_body_answers_500(wrap, backend, make_commit
     assert open_scopes() == 0
 
 
-def test_failed_commit_after_streaming_began_raises_to_the_server(wrap, backend, make_commit_fail):
-    started, body = call(wrap(streaming(write, make_commit_fail)))
+def test_failed_commit_after_streaming_began_raises_to_the_server_without_the_last_chunk(
+        wrap, backend, make_commit_fail):
+    started, body = call(wrap(streaming(write, lambda: (make_commit_fail(), b"last")[1])))
     assert started == [("200 OK", TEXT)]
-    list(body)
+    delivered = []
     with pytest.raises(CommitFailed):
-        body.close()
+        for chunk in body:
+            delivered.append(chunk)
+    assert delivered == [b"chunk "], "the last chunk must not reach a client that could take it for success"
+    body.close()
     assert untouched(backend)
     assert open_scopes() == 0
 
@@ -394,16 +406,39 @@ def test_no_retry_once_write_was_called(wrap, backend):
     assert len(attempts) == 1
 
 
-def test_body_of_unknown_length_is_not_retried(wrap, backend):
-    attempts = []
+def test_body_of_unknown_length_is_replayed_on_retry(wrap, backend):
+    seen = []
 
     def app(environ, start_response):
-        attempts.append(1)
-        _fail_transiently(backend)
+        seen.append(environ["wsgi.input"].read())
+        if len(seen) == 1:
+            _fail_transiently(backend)
+        start_response("200 OK", list(TEXT))
+        return [b"ok"]
 
-    with pytest.raises(Exception):
-        call(wrap(app, attempts=3, retry_backoff=0), method="POST", HTTP_TRANSFER_ENCODING="chunked")
-    assert len(attempts) == 1
+    started, body = call(wrap(app, attempts=3, retry_backoff=0), method="POST", body=b"",
+                         HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input_terminated": True})
+    assert list(body) == [b"ok"]
+    assert seen == [b"", b""] and started[-1][0] == "200 OK"
+
+
+def test_retries_read_no_body_in_advance(wrap, backend):
+    stream = io.BytesIO(b"a=1&b=2")
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["wsgi.input"].read(3))
+        if len(seen) == 1:
+            _fail_transiently(backend)
+        start_response("200 OK", list(TEXT))
+        return [b"ok"]
+
+    wrapped = wrap(app, attempts=3, retry_backoff=0)
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": "7", "wsgi.input": stream}
+    setup_testing_defaults(environ)
+    assert list(wrapped(environ, lambda status, headers, exc_info=None: None)) == [b"ok"]
+    assert seen == [b"a=1", b"a=1"]
+    assert stream.tell() == 3, "only what the application read is kept for the retry"
 
 
 # -- the thread is left exactly as it was ---------------------------------------------------------

@@ -9,7 +9,20 @@ The public names are imported on first use, so that loading the package (as
 pytest does for the plugin in every run) costs nothing until it is used.
 """
 
+from __future__ import annotations
+
 import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time each name is imported on first use
+    from ._errors import ConfigurationError, ConnectionLost, DatabaseUnavailable, ErrorKind, classify
+    from ._metrics import check_scope_ages, export_prometheus, oldest_scope_age, open_scopes, stats
+    from ._options import UNSET, ScopeOptions
+    from ._policy import default_commit_veto, strict_commit_veto
+    from ._uri import mask
+    from .core import CommitFailed, Outcome, Scope, ScopeManager, current_scope, doom, on_commit
+    from .webpy import no_scope, scope_options, txscope
+    from .wsgi import TxScopeMiddleware
 
 _PUBLIC = {
     "ConfigurationError": "._errors",
@@ -22,10 +35,13 @@ _PUBLIC = {
     "oldest_scope_age": "._metrics",
     "open_scopes": "._metrics",
     "stats": "._metrics",
+    "UNSET": "._options",
+    "ScopeOptions": "._options",
     "default_commit_veto": "._policy",
     "strict_commit_veto": "._policy",
     "mask": "._uri",
     "CommitFailed": ".core",
+    "Outcome": ".core",
     "Scope": ".core",
     "ScopeManager": ".core",
     "current_scope": ".core",
@@ -37,17 +53,44 @@ _PUBLIC = {
     "TxScopeMiddleware": ".wsgi",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "CommitFailed",
+    "ConfigurationError",
+    "ConnectionLost",
+    "DatabaseUnavailable",
+    "ErrorKind",
+    "Outcome",
+    "Scope",
+    "ScopeManager",
+    "ScopeOptions",
+    "TxScopeMiddleware",
+    "UNSET",
+    "check_scope_ages",
+    "classify",
+    "current_scope",
+    "default_commit_veto",
+    "doom",
+    "export_prometheus",
+    "mask",
+    "no_scope",
+    "oldest_scope_age",
+    "on_commit",
+    "open_scopes",
+    "scope_options",
+    "stats",
+    "strict_commit_veto",
+    "txscope",
+]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
-        raise AttributeError("module 'webpy_txscope' has no attribute %r" % name)
+        raise AttributeError(f"module 'webpy_txscope' has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_PUBLIC))

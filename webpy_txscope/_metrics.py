@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 log = logging.getLogger("webpy_txscope")
 
@@ -21,12 +21,8 @@ log = logging.getLogger("webpy_txscope")
 # nothing to commit or roll back (see ScopeManager.close_untouched).
 _counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0, "untouched": 0}
 # Every request passes here twice: one dict operation each way, no tuple.
-_open: Dict[object, float] = {}  # open scope -> when it opened (its manager: scope.manager)
+_open: Dict[Any, float] = {}  # open scope -> when it opened (its manager: scope.manager)
 _warned: set = set()  # open scopes already reported as too old
-
-
-def opened(scope) -> None:
-    _open[scope] = scope.started
 
 
 def closed(scope) -> None:
@@ -87,14 +83,16 @@ def stats() -> Dict[str, float]:
     >>> sorted(stats())
     ['commits', 'failed_commits', 'oldest_scope_age', 'open_scopes', 'retries', 'rollbacks', 'untouched']
     """
+    check_scope_ages()
+    started = list(_open.values())  # one snapshot for both figures: they never disagree
     return {
         "commits": _counts["commit"],
         "rollbacks": _counts["rollback"],
         "failed_commits": _counts["failed"],
         "retries": _counts["retry"],
         "untouched": _counts["untouched"],
-        "open_scopes": open_scopes(),
-        "oldest_scope_age": oldest_scope_age(),
+        "open_scopes": len(started),
+        "oldest_scope_age": time.monotonic() - min(started) if started else 0.0,
     }
 
 

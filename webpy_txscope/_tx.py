@@ -20,23 +20,49 @@ reason a request scope cares about:
 from __future__ import annotations
 
 import logging
-import threading
 import types
+from typing import Any, NamedTuple
 
-from sqlobject import main as _sqlobject_main
 from sqlobject.cache import CacheSet
 from sqlobject.dbconnection import ConnWrapper, Transaction
 
-from ._errors import DISCONNECT, OTHER, ConnectionLost, DatabaseUnavailable, classify, is_dead
+from . import _driver
+from ._driver import discard as _discard
+from ._driver import is_dead
+from ._errors import DISCONNECT, OTHER, ConnectionLost, DatabaseUnavailable, ErrorKind, classify
 from ._uri import describe, scrub
 
 log = logging.getLogger("webpy_txscope")
 
 _MISSING = object()
 
-#: SQLObject's thread-local list of calls postponed to the end of the
-#: outermost constructor (see ScopeTransaction._select_all), if this version has it.
-_POSTPONED = getattr(_sqlobject_main, "_postponed_local", None)
+
+class Failure(NamedTuple):
+    """What the last failed statement of a transaction was.
+
+    Only its kind and a password-free summary are kept, never the exception:
+    its traceback holds the frames of the handler, and through them (a
+    streaming body's frame) the scope itself, a cycle that would keep a
+    dropped response's transaction open until the garbage collector runs.
+    """
+
+    kind: ErrorKind
+    summary: str
+
+    def error(self) -> Exception:
+        """An exception to raise or chain in place of the original."""
+        if self.kind is DISCONNECT:
+            return DatabaseUnavailable(self.summary)
+        return TransactionFailed(self.summary)
+
+
+class TransactionFailed(Exception):
+    """A statement of the transaction had failed, so it could not commit."""
+
+
+class Savepoint(NamedTuple):
+    name: str
+    failure: Failure | None  # the transaction's failure when the block began
 
 #: Settings of the connection that SQLObject's column converters read for
 #: every string value of every row (``StringValidator.to_python``): fixed when
@@ -78,8 +104,12 @@ class ScopeTransaction(Transaction):
     _began = False
     _reached = False
     _delegated = ()  # names __getattr__ kept on the instance
-    #: ``(ErrorKind, exception)`` of the last database error, or None.
-    failure = None
+    #: The last database error (a :class:`Failure`), or None.
+    failure: Failure | None = None
+    #: How many savepoints of nested blocks are open.
+    _savepoints = 0
+    #: A nested block's writes could not be undone: the transaction must not commit.
+    _poisoned = False
 
     def __init__(self, dbConnection, begin=(), end=()):
         self._obsolete = False
@@ -109,22 +139,99 @@ class ScopeTransaction(Transaction):
     def _connection(self, value):
         self._raw = value
 
+    # -- what the scope asks ------------------------------------------------
+
     @property
     def began(self) -> bool:
         """True once a connection was checked out for this transaction."""
         return self._began
 
+    @property
+    def holds_connection(self) -> bool:
+        """True while a driver connection is checked out (something to commit or roll back)."""
+        return self._raw is not None
+
+    @property
+    def touched(self) -> bool:
+        """True once anything used this transaction: a checkout, a delegated lookup, its cache, a failure.
+
+        ``__init__`` sets exactly the :data:`UNTOUCHED` attributes and nothing
+        deletes them; any use adds one to ``__dict__``.  Comparing a length is
+        far cheaper than comparing keys, and this runs on every request.
+        """
+        return len(self.__dict__) != _UNTOUCHED_SIZE
+
+    @property
+    def finished(self) -> bool:
+        return self._obsolete
+
+    def reuse(self) -> None:
+        """Make an untouched, finished transaction usable again (no state to reset)."""
+        self._obsolete = False
+
+    def set_statements(self, begin: tuple[str, ...], end: tuple[str, ...]) -> None:
+        """Change what is sent first and last, before the first statement."""
+        self._begin, self._end = begin, end
+
+    def uses_statements(self, begin: tuple[str, ...], end: tuple[str, ...]) -> bool:
+        return self._begin is begin and self._end is end
+
+    # -- nested blocks: savepoints -----------------------------------------------
+
+    def savepoint(self) -> Savepoint:
+        """Open a savepoint for a nested block (beginning the transaction if needed)."""
+        self._savepoints += 1
+        point = Savepoint(f"txscope_{self._savepoints}", self.failure)
+        try:
+            raw = self._connection
+            for sql in _driver.before_savepoint(self._dbConnection, raw):
+                self.query(sql)
+            self.query("SAVEPOINT " + point.name)
+        except BaseException:
+            self._savepoints -= 1
+            raise
+        return point
+
+    def release(self, point: Savepoint) -> None:
+        """Keep what the block did: it becomes part of the enclosing transaction."""
+        self._savepoints -= 1
+        self.query("RELEASE SAVEPOINT " + point.name)
+
+    def rollback_to(self, point: Savepoint) -> None:
+        """Undo what the block did; the enclosing transaction goes on.
+
+        Instances the block loaded or changed are forgotten, so that the
+        enclosing code reads them again instead of the undone values.  If the
+        block cannot be undone, the whole transaction can no longer commit.
+        """
+        self._savepoints -= 1
+        failure = self.failure
+        if self._obsolete or (failure is not None and failure.kind is not OTHER):
+            return  # the server already rolled back everything; the scope will not commit
+        raw = self._raw
+        if raw is None:
+            return
+        db = self._dbConnection
+        try:
+            db._query(raw, "ROLLBACK TO SAVEPOINT " + point.name)
+            db._query(raw, "RELEASE SAVEPOINT " + point.name)
+        except Exception as e:
+            self._fail(classify(e), e)
+            self._poisoned = True
+            return
+        self.failure = point.failure  # a statement that failed inside the block was undone with it
+        if "cache" in self.__dict__:
+            self.cache.clear()
+
+    # -- the connection, checked out on first use ---------------------------
+
     def _checkout(self):
         self.assertActive()
         db = self._dbConnection
-        if db.dbName == "sqlite":
-            # SQLObject keeps one SQLite connection per thread, but drops, unclosed,
-            # those of threads that threading.enumerate() does not list, as it
-            # does not list mod_wsgi's request threads until they are looked up.
-            threading.current_thread()
+        _driver.before_checkout(db)
         # Every pooled connection may have died while idle (a server restart);
         # the last try is always a brand new connection.
-        for _ in range(len(getattr(db, "_pool", None) or ()) + 1):
+        for _ in range(_driver.spare_connections(db) + 1):
             try:
                 raw = db.getConnection()
             except Exception as e:
@@ -168,11 +275,14 @@ class ScopeTransaction(Transaction):
         else:
             db.releaseConnection(raw, explicit=True)
 
-    def _fail(self, kind, error) -> None:
+    def _fail(self, kind: ErrorKind, error: BaseException | None) -> None:
         """Remember a failed statement; a later error never hides a transient one or a disconnect
         (on PostgreSQL every statement after a serialization failure fails too)."""
-        if self.failure is None or self.failure[0] is OTHER:
-            self.failure = (kind, error)
+        if self.failure is None or self.failure.kind is OTHER:
+            db = self._dbConnection
+            summary = scrub(f"{type(error).__name__}: {error}", db) if error is not None \
+                else f"no live connection to {describe(db)}"
+            self.failure = Failure(kind, summary)
 
     # -- statements ----------------------------------------------------------
 
@@ -194,7 +304,7 @@ class ScopeTransaction(Transaction):
         # A stale pooled connection is replaced as long as nothing of this
         # transaction reached the server; a server that drops every new
         # connection too must not keep us looping.
-        spares = len(getattr(db, "_pool", None) or ()) + 1
+        spares = _driver.spare_connections(db) + 1
         while True:
             kind = classify(error)
             if kind is not DISCONNECT and not is_dead(raw):
@@ -241,7 +351,7 @@ class ScopeTransaction(Transaction):
         # and deletes it again; that is half the cost of an instance.  This
         # loop plays the outermost constructor instead, exactly as SQLObject
         # would: one list for all rows, its calls run at the end.
-        postponed = _POSTPONED.__dict__ if _POSTPONED is not None else None
+        postponed = _driver.POSTPONED.__dict__ if _driver.POSTPONED is not None else None
         if postponed is None or "postponed_calls" in postponed:
             return list(select.IterationClass(self, raw, select, keepConnection=True))
         calls = postponed["postponed_calls"] = []
@@ -264,7 +374,9 @@ class ScopeTransaction(Transaction):
             if close:
                 self._finish()
             return
-        if _aborted(self._raw):
+        if self._poisoned:
+            raise TransactionFailed("a nested block failed and its writes could not be undone")
+        if _driver.aborted(self._raw):
             # PostgreSQL answers COMMIT of an aborted transaction with a
             # silent ROLLBACK; the drivers do not raise, so we do.
             raise TransactionAborted("an earlier statement failed, so PostgreSQL rolled the transaction back")
@@ -340,30 +452,8 @@ class ScopeTransaction(Transaction):
 #: The keys of a ScopeTransaction's ``__dict__`` until something uses it: any
 #: use at all (a checkout, a delegated lookup, its cache, a failure) adds one.
 UNTOUCHED = frozenset(("_obsolete", "_dbConnection", "_begin", "_end"))
+_UNTOUCHED_SIZE = len(UNTOUCHED)
 
 
 class TransactionAborted(Exception):
     """COMMIT was asked for a transaction the server had already aborted."""
-
-
-def _aborted(raw) -> bool:
-    """True if a PostgreSQL connection sits in a failed transaction (psycopg and psycopg2)."""
-    info = getattr(raw, "info", None)
-    return getattr(info, "transaction_status", None) == 3  # TRANSACTION_STATUS_INERROR
-
-
-def _discard(db, raw):
-    """Close a driver connection and make sure it never goes back to the pool."""
-    try:
-        raw.close()
-    except Exception:
-        pass
-    db._connectionNumbers.pop(id(raw), None)
-    pool = getattr(db, "_pool", None)
-    if pool and raw in pool:
-        pool.remove(raw)
-    thread_pool = getattr(db, "_threadPool", None)  # SQLite keeps one per thread
-    if thread_pool:
-        origin = db._threadOrigination.pop(id(raw), None)
-        if origin is not None and thread_pool.get(origin) is raw:
-            del thread_pool[origin]

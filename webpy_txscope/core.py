@@ -2,52 +2,76 @@
 
 A :class:`Scope` is one unit of work on one thread: a lazily begun
 :class:`~webpy_txscope._tx.ScopeTransaction` bound to ``hub.threadConnection``.
-:class:`ScopeManager` opens scopes, and :meth:`ScopeManager.close` is the one
-place where a scope ends: commit or roll back by the rules, run the
-after-commit hooks, restore the thread, count it.  The adapters (the web.py
-processor, the WSGI middleware, ``transaction()`` for scripts) only decide
-*whether* to commit and never re-implement *how*.
+:class:`ScopeManager` opens scopes, and :meth:`ScopeManager.finish` is the one
+place where a unit of work ends: it decides (retry, commit, roll back), does
+it, runs the after-commit hooks, restores the thread, counts it, and returns
+an :class:`Outcome`.  The adapters (the web.py processor, the WSGI middleware,
+``transaction()`` and ``run()`` for scripts) only translate their framework's
+result into that call and the outcome back into an answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
-import os
 import random
 import threading
 import time
-import warnings
-import weakref
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from sqlobject import sqlhub
 from sqlobject.dbconnection import DBConnection
 
-from . import _metrics
-from ._errors import DISCONNECT, TRANSIENT, ConfigurationError, DatabaseUnavailable, classify
-from ._policy import CommitVeto, default_commit_veto, strict_commit_veto
-from ._tx import UNTOUCHED, ScopeTransaction
+from . import _driver, _metrics
+from ._errors import DISCONNECT, TRANSIENT, ConfigurationError, DatabaseUnavailable, ErrorKind, classify
+from ._options import UNSET, Settings, Unset, normalize_isolation
+from ._policy import Headers, Status, default_commit_veto, strict_commit_veto
+from ._tx import Failure, ScopeTransaction
 from ._uri import describe, open_connection, scrub
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._options import ScopeOptions
 
 log = logging.getLogger("webpy_txscope")
 
-# ScopeTransaction.__init__ sets the UNTOUCHED attributes and nothing ever
-# deletes them, so a transaction is untouched exactly when its __dict__ has
-# that many keys (a length is far cheaper to compare than the keys).
-_UNTOUCHED_SIZE = len(UNTOUCHED)
+T = TypeVar("T")
 
-ISOLATION_LEVELS = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
-
-_MISSING = object()
+_MISSING: Any = object()  # "no key" in the thread-local dicts, never a user-visible default
 
 
 class _ThreadState(threading.local):
-    scope = None  # a default, so that looking it up never raises AttributeError
+    scope: Scope | None = None  # a default, so that looking it up never raises AttributeError
+    committed: Scope | None = None  # the scope whose after-commit hooks are running
 
 
 _local = _ThreadState()
+
+
+class Outcome(enum.Enum):
+    """How a unit of work ended: what :meth:`ScopeManager.finish` decided and did."""
+
+    #: Nothing reached the database: nothing was committed or rolled back.
+    UNTOUCHED = "untouched"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled back"
+    #: Rolled back after a serialization failure or deadlock: run the unit of work again.
+    RETRY = "retry"
+    #: Rolled back because the database could not be reached (the adapters answer 503).
+    UNAVAILABLE = "unavailable"
+    #: A commit was due and did not happen (the adapters answer 500, never the success).
+    COMMIT_FAILED = "commit failed"
+
+    @property
+    def failed(self) -> bool:
+        """True when the answer must not be the application's: 500 or 503."""
+        return self is Outcome.COMMIT_FAILED or self is Outcome.UNAVAILABLE
+
+
+UNTOUCHED, COMMITTED, ROLLED_BACK, RETRY, UNAVAILABLE, COMMIT_FAILED = Outcome
 
 
 class CommitFailed(Exception):
@@ -59,17 +83,17 @@ class CommitFailed(Exception):
     """
 
 
-def current_scope() -> Optional["Scope"]:
+def current_scope() -> Scope | None:
     """The scope active on this thread, or None."""
     return _local.scope
 
 
-def _require_scope(what: str) -> "Scope":
+def _require_scope(what: str) -> Scope:
     scope = current_scope()
     if scope is None:
         raise RuntimeError(
-            "%s needs an active scope: call it inside a request handled by txscope, "
-            "or inside a `with scope.transaction():` block" % what
+            f"{what} needs an active scope: call it inside a request handled by txscope, "
+            "or inside a `with scope.transaction():` block"
         )
     return scope
 
@@ -77,14 +101,20 @@ def _require_scope(what: str) -> "Scope":
 def on_commit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Run ``fn(*args, **kwargs)`` after the current scope commits.
 
-    Never runs after a rollback.  Hooks run in the order registered, after
-    the thread's connection was restored (so a hook that touches the database
-    runs outside the finished transaction).  An exception in a hook is logged
-    and does not change the response or stop the other hooks.
+    Never runs after a rollback, nor after an attempt that is retried.  Hooks
+    run in the order registered, after the thread's connection was restored
+    (so a hook that touches the database runs outside the finished
+    transaction).  A hook registered by a running hook runs after the hooks
+    already registered.  An exception in a hook is logged and changes neither
+    the response nor the other hooks.
     """
     if not callable(fn):
-        raise TypeError("on_commit() needs a callable, not %r" % (fn,))
-    _require_scope("on_commit()").hooks.append((fn, args, kwargs))
+        raise TypeError(f"on_commit() needs a callable, not {fn!r}")
+    scope = _local.scope or _local.committed
+    if scope is None:
+        _require_scope("on_commit()")
+    assert scope is not None
+    scope.hooks.append((fn, args, kwargs))
 
 
 def doom() -> None:
@@ -92,81 +122,36 @@ def doom() -> None:
     _require_scope("doom()").doomed = True
 
 
-def normalize_isolation(level: Optional[str]) -> Optional[str]:
-    """Check an isolation level name and return its canonical spelling.
-
-    >>> normalize_isolation("repeatable_read")
-    'REPEATABLE READ'
-    """
-    if level is None:
-        return None
-    name = " ".join(str(level).replace("_", " ").upper().split())
-    if name not in ISOLATION_LEVELS:
-        raise ConfigurationError(
-            "unknown isolation level %r: use one of %s" % (level, ", ".join(map(repr, ISOLATION_LEVELS)))
-        )
-    return name
-
-
-def begin_statements(db_name: str, isolation: Optional[str], readonly: bool):
-    """SQL sent first in each transaction, and SQL sent before the connection is pooled again.
-
-    Transaction characteristics are set with ``SET TRANSACTION`` (no
-    ``SESSION``), so they last for this transaction only and never leak into
-    the next request on the same pooled connection.
-
-    >>> begin_statements("postgres", "SERIALIZABLE", True)
-    (('SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY',), ())
-    >>> begin_statements("sqlite", "SERIALIZABLE", True)
-    (('PRAGMA query_only = ON', 'BEGIN IMMEDIATE'), ('PRAGMA query_only = OFF',))
-    """
-    if db_name == "sqlite":
-        # Python's sqlite3 opens a transaction only before the first write,
-        # so reads before it see other commits.  An explicit BEGIN makes the
-        # whole request one transaction; IMMEDIATE takes the write lock first,
-        # so that read-modify-write requests run one after the other.  Read-only is a
-        # per-connection switch that must be turned off again.
-        begin, end = (), ()
-        if readonly:
-            begin, end = ("PRAGMA query_only = ON",), ("PRAGMA query_only = OFF",)
-        if isolation == "SERIALIZABLE":
-            begin += ("BEGIN IMMEDIATE",)  # writers queue for the lock instead of deadlocking
-        elif isolation == "REPEATABLE READ":
-            begin += ("BEGIN",)
-        return begin, end
-    modes = []
-    if isolation:
-        modes.append("ISOLATION LEVEL " + isolation)
-    if readonly:
-        modes.append("READ ONLY")
-    if not modes:
-        return (), ()
-    return ("SET TRANSACTION " + ", ".join(modes),), ()
-
-
 class Scope:
     """One unit of work on one thread.
 
     Attributes a handler may use through the module functions:
     ``hooks`` (see :func:`on_commit`) and ``doomed`` (see :func:`doom`).
+    ``problem`` says why the last :meth:`ScopeManager.finish` did not commit.
     """
 
-    __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "_prev", "_outer", "_bound", "_state")
+    __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "isolation", "readonly",
+                 "problem", "unscoped_body", "_prev", "_outer", "_bound", "_state")
 
-    def __init__(self, manager: "ScopeManager", begin=(), end=(), attempt: int = 1):
+    def __init__(self, manager: ScopeManager, attempt: int = 1):
         self.manager = manager
-        self.tx = ScopeTransaction(manager.connection, begin, end)
-        self.hooks: list = []
+        self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
+        self.hooks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self.doomed = False
         self.started = time.monotonic()
         self.attempt = attempt
-        self._prev = _MISSING
-        self._outer = None
+        self.isolation = manager.isolation
+        self.readonly = manager.readonly
+        self.problem: str | None = None
+        self.unscoped_body = False  # set by @no_scope when its handler returned a generator
+        self._prev: Any = _MISSING
+        self._outer: Scope | None = None
         self._bound = False
-        self._state = None  # while bound: this thread's dicts of the hub's and our thread-locals
+        # While bound: this thread's dicts of the hub's and our thread-locals.
+        self._state: tuple[dict[str, Any], dict[Any, Any]] | None = None
 
     def bind(self) -> None:
-        """Make this scope's transaction the thread's connection (ScopeManager.open inlines it)."""
+        """Make this scope's transaction the thread's connection."""
         # Work on this thread's dicts of the two thread-locals (each lookup of
         # a thread-local costs as much as a dozen dict operations); .get: a
         # thread without a connection yet costs no exception.
@@ -183,7 +168,9 @@ class Scope:
         if not self._bound:
             return
         self._bound = False
-        hub, ours = self._state
+        state = self._state
+        assert state is not None
+        hub, ours = state
         self._state = None
         if self._prev is _MISSING:
             hub.pop("connection", None)
@@ -193,22 +180,46 @@ class Scope:
         ours["scope"] = self._outer
         self._outer = None
 
-    def configure(self, isolation: Optional[str] = _MISSING, readonly: Optional[bool] = _MISSING) -> None:
+    @property
+    def bound(self) -> bool:
+        return self._bound
+
+    def configure(self, isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET) -> None:
         """Change the transaction's characteristics before its first statement."""
         if self.tx.began:
             raise RuntimeError(
                 "the transaction already sent a statement: isolation and read-only "
                 "must be chosen before the handler touches the database"
             )
-        settings = self.manager
-        level = settings.isolation if isolation is _MISSING else normalize_isolation(isolation)
-        ro = settings.readonly if readonly is _MISSING else bool(readonly)
-        self.tx._begin, self.tx._end = begin_statements(settings.connection.dbName, level, ro)
+        if isolation is not UNSET:
+            self.isolation = normalize_isolation(isolation)
+        if readonly is not UNSET:
+            self.readonly = bool(readonly)
+        self.tx.set_statements(*_driver.begin_statements(self.manager.connection.dbName,
+                                                         self.isolation, self.readonly))
+
+    def check_joinable(self, isolation: str | None | Unset, readonly: bool | Unset) -> None:
+        """Refuse a nested block whose characteristics this transaction does not have.
+
+        A transaction's isolation and read-only mode are fixed when it begins;
+        a block that asked for others and silently ran without them (a
+        "read-only" block that writes) would be worse than an error.
+        """
+        if isolation is not UNSET and normalize_isolation(isolation) != self.isolation:
+            raise RuntimeError(
+                f"a nested block asked for isolation {isolation!r}, but it joins a transaction with "
+                f"{self.isolation or 'the server default'}: choose it for the whole request "
+                "(@scope_options) or run the block outside the request")
+        if readonly is not UNSET and bool(readonly) != self.readonly:
+            raise RuntimeError(
+                f"a nested block asked for readonly={bool(readonly)}, but it joins a "
+                f"{'read-only' if self.readonly else 'read-write'} transaction: choose it for the "
+                "whole request (@scope_options) or run the block outside the request")
 
     @property
-    def failure_kind(self):
+    def failure_kind(self) -> ErrorKind | None:
         failure = self.tx.failure
-        return failure[0] if failure else None
+        return failure.kind if failure else None
 
     @property
     def age(self) -> float:
@@ -216,61 +227,51 @@ class Scope:
 
 
 class ScopeManager:
-    """Opens and closes scopes on one connection with one set of rules.
+    """Opens scopes on one connection and ends them by one set of rules.
 
     This is the framework-free core; :class:`~webpy_txscope.txscope` and
-    :class:`~webpy_txscope.TxScopeMiddleware` are adapters around it.
+    :class:`~webpy_txscope.TxScopeMiddleware` are adapters around it.  The
+    options are those of ``txscope`` (see :class:`~webpy_txscope._options.ScopeOptions`).
     """
 
-    def __init__(
-        self,
-        uri_or_connection: "str | DBConnection",
-        hub=sqlhub,
-        *,
-        attempts: int = 1,
-        isolation: Optional[str] = None,
-        readonly: bool = False,
-        commit_veto: CommitVeto = default_commit_veto,
-        retry_backoff: float = 0.02,
-        retry_after: int = 5,
-        max_age: Optional[float] = None,
-    ):
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-            raise ConfigurationError("attempts must be an integer of at least 1, not %r" % (attempts,))
-        if not callable(commit_veto):
-            raise ConfigurationError("commit_veto must be callable(status, headers) -> bool")
-        if retry_backoff < 0:
-            raise ConfigurationError("retry_backoff must be >= 0 seconds")
+    def __init__(self, uri_or_connection: str | DBConnection, hub: Any = sqlhub,
+                 **options: Unpack[ScopeOptions]):
+        settings = Settings.from_options(options)
         if not hasattr(hub, "threadingLocal"):
             raise ConfigurationError("hub must be a sqlobject ConnectionHub such as sqlhub")
-        self.connection = open_connection(uri_or_connection)
+        self.settings = settings
+        self.connection: DBConnection = open_connection(uri_or_connection)
         self.hub = hub
-        self.attempts = attempts
-        self.isolation = normalize_isolation(isolation)
-        self.readonly = bool(readonly)
-        self.commit_veto = commit_veto
-        self.retry_backoff = retry_backoff
-        self.retry_after = int(retry_after)
-        self.max_age = max_age
-        self._begin, self._end = begin_statements(self.connection.dbName, self.isolation, self.readonly)
+        # Copied from the settings: read on every request.
+        self.attempts = settings.attempts
+        self.isolation = settings.isolation
+        self.readonly = settings.readonly
+        self.commit_veto = settings.commit_veto
+        self.retry_backoff = settings.retry_backoff
+        self.retry_after = settings.retry_after
+        self.max_age = settings.max_age
+        self._begin, self._end = _driver.begin_statements(self.connection.dbName, self.isolation, self.readonly)
         self._available = True
         self._availability = threading.Lock()
         # The package's own vetoes are pure functions of (status, headers), so
         # their answers are kept; a user's veto is asked every time.
-        self._verdicts = {} if commit_veto in (default_commit_veto, strict_commit_veto) else None
-        _guard_reconnect(self.connection)
-        _connections.add(self.connection)
+        self._verdicts: dict[Any, bool] | None = \
+            {} if self.commit_veto in (default_commit_veto, strict_commit_veto) else None
+        _driver.prepare(self.connection)
 
     @property
     def name(self) -> str:
         """The database, for log lines: the URI with its password masked."""
         return describe(self.connection)
 
+    def __repr__(self) -> str:
+        return f"<ScopeManager {self.name}>"
+
     # -- opening -----------------------------------------------------------
 
-    def active(self) -> Optional[Scope]:
-        """The scope this manager has open on this thread (to join), or None."""
-        scope = current_scope()
+    def active(self) -> Scope | None:
+        """The scope open on this thread for this manager's hub (to join), or None."""
+        scope = _local.scope
         if scope is not None and scope.manager.hub is self.hub and scope._bound \
                 and getattr(self.hub.threadingLocal, "connection", None) is scope.tx:
             return scope
@@ -278,16 +279,17 @@ class ScopeManager:
 
     def open(self, attempt: int = 1) -> Scope:
         """Open a scope and bind it to this thread."""
-        ours = _local.__dict__
-        scope = ours.pop(self, None)  # this thread's last scope of ours, kept by close() if untouched
+        ours: dict[Any, Any] = _local.__dict__
+        scope = ours.pop(self, None)  # this thread's last scope of ours, kept by finish() if untouched
         if scope is None:
-            scope = Scope(self, self._begin, self._end, attempt)
+            scope = Scope(self, attempt)
         else:
             scope.started = time.monotonic()
             scope.attempt = attempt
-            scope.tx._obsolete = False
-        # Scope.bind() and _metrics.opened(), inline: on the per-request path
-        # each function call costs as much as the work it does.
+            scope.unscoped_body = False
+            scope.tx.reuse()
+        # Scope.bind(), inline: on the per-request path each function call
+        # costs as much as the work it does.
         hub = self.hub.threadingLocal.__dict__
         scope._state = (hub, ours)
         scope._prev = hub.get("connection", _MISSING)
@@ -298,57 +300,91 @@ class ScopeManager:
         _metrics._open[scope] = scope.started
         return scope  # "begin on ..." is logged by the first statement (ScopeTransaction._checkout)
 
-    # -- closing: the one place a scope ends --------------------------------
+    # -- finishing: the one place a unit of work ends -------------------------
 
-    def close(self, scope: Scope, commit: bool, reason: str = "") -> None:
-        """End *scope*: commit (if *commit* and not doomed) or roll back; restore the thread.
+    def finish(self, scope: Scope, status: Status | Unset = UNSET, headers: Headers = None,
+               error: BaseException | None = None, *, retry: bool = True) -> Outcome:
+        """End *scope* by the rules and say how it ended.
 
-        Raises :class:`CommitFailed` when a requested commit did not happen:
-        COMMIT failed, or a statement had already failed with a serialization
-        failure, a deadlock or a lost connection (the server rolled back).
-        The transaction was rolled back and its connection released first.
+        *status* and *headers* are the answer the work gave (judged by the
+        commit veto); without them (a script) the work commits unless it
+        failed.  *error* is an exception that escaped the work: it always
+        rolls back, whatever a header says.  *retry* is False when the work
+        cannot run again (a body already streaming, a script's ``with``).
+
+        The rules, in order: nothing touched the database: ``UNTOUCHED``.  A
+        serialization failure or deadlock with attempts left: roll back,
+        back off, ``RETRY`` (hooks of the attempt never run).  An error, a
+        doom or a veto: roll back (``UNAVAILABLE`` if the database was
+        unreachable).  Otherwise commit: ``COMMITTED`` and run the hooks, or
+        ``RETRY`` / ``UNAVAILABLE`` / ``COMMIT_FAILED`` if COMMIT did not
+        happen.  The thread's connection is restored on every path.
         """
-        if self.close_untouched(scope):
-            return
-        if scope.doomed:
-            commit, reason = False, "doomed"
         tx = scope.tx
-        error = None
-        try:
-            if tx._raw is None and tx.failure is None:
-                tx._finish()  # nothing reached the server: no COMMIT or ROLLBACK to send
-            elif commit:
-                error = self._commit(tx)
-            else:
-                tx.rollback()
-        finally:
-            scope.unbind()
-            _metrics.closed(scope)
+        if not (scope.hooks or scope.doomed or tx.touched):
+            self._end_untouched(scope)
+            return UNTOUCHED
+        scope.problem = None
+        kind = self._failure_kind(scope, error)
+        if kind is TRANSIENT and retry and scope.attempt < self.attempts:
+            self._roll_back(scope, "transient error")
+            return self._retry(scope)
         if error is not None:
-            self._count(scope, "failed", "commit failed: %s" % self._safe(error))
-            raise CommitFailed("the commit did not succeed: %s" % self._safe(error)) from error
-        if commit:
+            commit, reason = False, f"{type(error).__name__} raised"
+            if status is not UNSET:
+                reason = f"status {status}, {reason}"
+        elif scope.doomed:
+            commit, reason = False, "doomed"
+        elif status is UNSET:
+            commit, reason = True, ""
+        else:
+            verdict = self.verdict(status, headers)
+            if verdict is None:  # the veto itself failed: nothing can be promised
+                self._roll_back(scope, "the commit veto raised")
+                scope.problem = "the commit veto raised; the changes were rolled back"
+                _metrics.count("failed")
+                return COMMIT_FAILED
+            commit, reason = verdict, f"status {status}"
+        if not commit:
+            self._roll_back(scope, reason)
+            if kind is DISCONNECT:
+                return self._unavailable(scope)
+            return ROLLED_BACK
+        failure = self._commit(scope)
+        if failure is None:
             self._count(scope, "commit", reason)
             if scope.hooks:
                 self._run_hooks(scope)
-        else:
-            self._count(scope, "rollback", reason or "rolled back")
-        if tx._began and scope.failure_kind is not DISCONNECT:
-            self.available()  # a stale pooled connection proves nothing about the server
+            return COMMITTED
+        scope.problem = failure.summary
+        if failure.kind is TRANSIENT and retry and scope.attempt < self.attempts:
+            return self._retry(scope)
+        self._count(scope, "failed", f"commit failed: {failure.summary}")
+        if failure.kind is DISCONNECT:
+            return self._unavailable(scope)
+        return COMMIT_FAILED
 
-    def close_untouched(self, scope: Scope) -> bool:
-        """End *scope* if there is nothing to decide; True if it did, False to use :meth:`close`.
+    @staticmethod
+    def _failure_kind(scope: Scope, error: BaseException | None) -> ErrorKind | None:
+        failure = scope.tx.failure
+        if failure is not None:
+            return failure.kind
+        if error is not None and isinstance(error, Exception):
+            kind = classify(error)
+            if kind is not ErrorKind.OTHER:
+                return kind
+        return None
 
-        Most requests of a site never touch the database.  When nothing used
-        the scope's transaction (no checkout, statement, cached instance or
-        failure: see ``ScopeTransaction.UNTOUCHED``) and the scope carries no
-        after-commit hook and no doom, there is nothing to commit, roll back
-        or run, so an adapter need not even ask the commit veto: the scope is
-        counted as ``untouched``, neither a commit nor a rollback.
+    def _end_untouched(self, scope: Scope) -> None:
+        """End a scope that never used its transaction: nothing to commit, roll back or run.
+
+        Most requests of a site never touch the database, so an adapter need
+        not even ask the commit veto: the scope is counted as ``untouched``,
+        neither a commit nor a rollback, and the thread's next :meth:`open`
+        reuses it (nothing tells it from a new one but its id), unless it
+        carries its own settings (scope_options) or was not bound here.
         """
         tx = scope.tx
-        if scope.hooks or scope.doomed or len(tx.__dict__) != _UNTOUCHED_SIZE:
-            return False
         tx._obsolete = True
         state = scope._state
         scope.unbind()
@@ -356,26 +392,81 @@ class ScopeManager:
         _metrics.count("untouched")
         if self.max_age is not None:  # nothing began, so nothing is logged at DEBUG either
             self._report(scope, "untouched", "")
-        # Nothing tells this scope from a new one but its id: the thread's
-        # next open() reuses it instead of building two objects again, unless
-        # it carries its own settings (scope_options) or was not bound here.
-        if state is not None and tx._begin is self._begin and tx._end is self._end:
+        if state is not None and tx.uses_statements(self._begin, self._end):
             state[1][self] = scope
-        return True
 
-    @staticmethod
-    def _commit(tx: ScopeTransaction) -> Optional[BaseException]:
-        """Commit *tx*, or roll it back and return why the commit did not happen."""
-        failure = tx.failure
-        if failure and failure[0] in (TRANSIENT, DISCONNECT):
-            tx.rollback()  # the server already rolled back; a handler swallowed the error
-            return failure[1] or DatabaseUnavailable("no live connection to the database")
+    def _roll_back(self, scope: Scope, reason: str) -> None:
+        """Roll back (nothing to send if nothing began) and restore the thread."""
+        tx = scope.tx
         try:
-            tx.commit(close=True)
-        except Exception as e:
-            tx.rollback()
-            return e
+            if not tx.holds_connection and tx.failure is None:
+                tx._finish()  # nothing reached the server: no COMMIT or ROLLBACK to send
+            else:
+                tx.rollback()
+        finally:
+            scope.unbind()
+            _metrics.closed(scope)
+        self._count(scope, "rollback", reason)
+        if tx.began and scope.failure_kind is not DISCONNECT:
+            self.available()  # a stale pooled connection proves nothing about the server
+
+    def _commit(self, scope: Scope) -> Failure | None:
+        """Commit and restore the thread; or roll back and return why the commit did not happen."""
+        tx = scope.tx
+        failure = tx.failure
+        try:
+            if failure is not None and failure.kind is not ErrorKind.OTHER:
+                tx.rollback()  # the server already rolled back; a handler swallowed the error
+                return failure
+            if not tx.holds_connection:
+                tx._finish()
+                return None
+            try:
+                tx.commit(close=True)
+            except Exception as e:
+                tx.rollback()
+                kind = tx.failure.kind if tx.failure is not None else classify(e)
+                return Failure(kind, self._safe(e))
+        finally:
+            scope.unbind()
+            _metrics.closed(scope)
+        if tx.began:
+            self.available()
         return None
+
+    def _retry(self, scope: Scope) -> Outcome:
+        """Log the retry and sleep a small randomized, growing delay."""
+        _metrics.count("retry")
+        failure = scope.tx.failure
+        log.warning("retrying (attempt %d of %d) after a transient error on %s: %s",
+                    scope.attempt + 1, self.attempts, self.name,
+                    failure.summary if failure else scope.problem or "commit failed")
+        if self.retry_backoff:
+            time.sleep(random.uniform(0, self.retry_backoff * (2 ** (scope.attempt - 1))))
+        return RETRY
+
+    def _unavailable(self, scope: Scope) -> Outcome:
+        failure = scope.tx.failure
+        scope.problem = failure.summary if failure else f"no live connection to {self.name}"
+        self.unavailable(scope.problem)
+        return UNAVAILABLE
+
+    def unavailable(self, reason: BaseException | str) -> None:
+        """Note that the database is unreachable; log one line per outage."""
+        with self._availability:  # threads failing at once must log once
+            was_available, self._available = self._available, False
+        if was_available:
+            summary = reason if isinstance(reason, str) else self._safe(reason)
+            log.error("database %s is unreachable, answering 503 until it is back: %s", self.name, summary)
+
+    def available(self) -> None:
+        """Note that the database answered; log once when it is back after an outage."""
+        if self._available:
+            return  # the common case: no lock on every request
+        with self._availability:
+            was_available, self._available = self._available, True
+        if not was_available:
+            log.warning("database %s is reachable again", self.name)
 
     def _count(self, scope: Scope, outcome: str, reason: str) -> None:
         _metrics.count(outcome)
@@ -392,21 +483,26 @@ class ScopeManager:
                       ": " + reason if reason else "", scope.age * 1000, scope.tx.began)
 
     def _run_hooks(self, scope: Scope) -> None:
-        for fn, args, kwargs in scope.hooks:
-            try:
-                fn(*args, **kwargs)
-            except Exception:
-                log.exception("after-commit hook %r failed; the transaction stays committed", fn)
-        scope.hooks = []
+        previous, _local.committed = _local.committed, scope
+        try:
+            hooks = scope.hooks
+            for fn, args, kwargs in hooks:  # a hook may append to the list: it runs too
+                try:
+                    fn(*args, **kwargs)
+                except Exception:
+                    log.exception("after-commit hook %r failed; the transaction stays committed", fn)
+        finally:
+            _local.committed = previous
+            scope.hooks = []
 
     def _safe(self, error: BaseException) -> str:
-        return scrub("%s: %s" % (type(error).__name__, error), self.connection)
+        return scrub(f"{type(error).__name__}: {error}", self.connection)
 
-    def verdict(self, status, headers) -> bool:
-        """True to commit a unit of work that ended with *status* and *headers*.
+    def verdict(self, status: Status, headers: Headers) -> bool | None:
+        """True to commit a unit of work that ended with *status* and *headers*, False to roll back.
 
-        A commit veto that raises counts as a veto: rolling back loses nothing
-        that was acknowledged.
+        None when the commit veto raised: the work rolls back, and its answer
+        must not claim success.
         """
         verdicts = self._verdicts
         key = None
@@ -422,186 +518,231 @@ class ScopeManager:
             answer = not self.commit_veto(status, headers)
         except Exception:
             log.exception("commit veto %r raised; rolling back", self.commit_veto)
-            return False
+            return None
         if key is not None:
+            assert verdicts is not None
             if len(verdicts) >= 512:  # unique headers (cookies, ETags) must not grow it forever
                 verdicts.clear()
             verdicts[key] = answer
         return answer
 
-    # -- retries -------------------------------------------------------------
-
-    def should_retry(self, scope: Scope, error: Optional[BaseException] = None) -> bool:
-        """True when the unit of work failed transiently and may run again."""
-        if scope.attempt >= self.attempts:
-            return False
-        kind = scope.failure_kind
-        if kind is None and error is not None:
-            kind = classify(error)
-        return kind is TRANSIENT
-
-    def backoff(self, scope: Scope) -> None:
-        """Log the retry and sleep a small randomized, growing delay."""
-        _metrics.count("retry")
-        failure = scope.tx.failure
-        log.warning("retrying (attempt %d of %d) after a transient error on %s: %s",
-                    scope.attempt + 1, self.attempts, self.name,
-                    self._safe(failure[1]) if failure and failure[1] else "commit failed")
-        if self.retry_backoff:
-            time.sleep(random.uniform(0, self.retry_backoff * (2 ** (scope.attempt - 1))))
-
-    # -- availability ---------------------------------------------------------
-
-    def unavailable(self, error: BaseException) -> None:
-        """Note that the database is unreachable; log one line per outage."""
-        with self._availability:  # threads failing at once must log once
-            was_available, self._available = self._available, False
-        if was_available:
-            log.error("database %s is unreachable, answering 503 until it is back: %s",
-                      self.name, self._safe(error))
-
-    def available(self) -> None:
-        if self._available:
-            return  # the common case: no lock on every request
-        with self._availability:
-            was_available, self._available = self._available, True
-        if not was_available:
-            log.warning("database %s is reachable again", self.name)
-
     # -- scripts -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self, isolation: Optional[str] = _MISSING, readonly: Optional[bool] = _MISSING) -> Iterator[Scope]:
+    def transaction(self, isolation: str | None | Unset = UNSET,
+                    readonly: bool | Unset = UNSET) -> Iterator[Scope]:
         """A scope for a script or a cron job: commit on success, roll back on any exception.
 
-        Joins the scope already open on this thread, if any.
+        Inside a scope already open on this thread (a request), the block is a
+        savepoint of that scope's transaction: an exception that leaves the
+        block undoes the block's writes, even if the caller catches it; its
+        writes otherwise commit or roll back with the enclosing scope.
+
+        Raises :class:`CommitFailed` when the commit at the end did not happen.
         """
         joined = self.active()
         if joined is not None:
-            yield joined
+            with _nested(joined, isolation, readonly):
+                yield joined
             return
         scope = self.open()
         try:
-            if isolation is not _MISSING or readonly is not _MISSING:
+            if isolation is not UNSET or readonly is not UNSET:
                 scope.configure(isolation, readonly)
             yield scope
         except BaseException as e:
-            self.close(scope, False, "%s raised" % type(e).__name__)
+            self.finish(scope, error=e, retry=False)
             raise
-        self.close(scope, True)
+        _raise_if_failed(scope, self.finish(scope, retry=False))
 
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call ``fn(*args, **kwargs)`` in a scope, retrying transient failures."""
-        for attempt in itertools.count(1):
-            if self.active() is not None:
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``fn(*args, **kwargs)`` in a scope, retrying transient failures.
+
+        Inside a scope already open on this thread it runs as a nested block
+        (see :meth:`transaction`), without retries of its own.
+        """
+        joined = self.active()
+        if joined is not None:
+            with _nested(joined, UNSET, UNSET):
                 return fn(*args, **kwargs)
+        for attempt in itertools.count(1):
             scope = self.open(attempt)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as e:
-                self.close(scope, False, "%s raised" % type(e).__name__)
-                if isinstance(e, Exception) and self.should_retry(scope, e):
-                    self.backoff(scope)
+                if self.finish(scope, error=e, retry=isinstance(e, Exception)) is RETRY:
                     continue
                 raise
-            try:
-                self.close(scope, True)
-            except CommitFailed as e:
-                if self.should_retry(scope, e.__cause__):
-                    self.backoff(scope)
-                    continue
-                raise
+            outcome = self.finish(scope)
+            if outcome is RETRY:
+                continue
+            _raise_if_failed(scope, outcome)
             return result
+        raise AssertionError("unreachable")
 
     def bind_process(self) -> None:
         """Bind the connection process-wide (``hub.processConnection``) for a REPL or a script."""
         self.hub.processConnection = self.connection
 
 
-#: Every connection a scope uses in this process, to be detached after a fork.
-_connections: "weakref.WeakSet[DBConnection]" = weakref.WeakSet()
-#: Driver connections inherited from the parent process: never used, never
-#: closed (closing would end the parent's sessions), only kept alive.
-_inherited: list = []
+@contextlib.contextmanager
+def _nested(scope: Scope, isolation: str | None | Unset, readonly: bool | Unset) -> Iterator[None]:
+    scope.check_joinable(isolation, readonly)
+    tx = scope.tx
+    point = tx.savepoint()
+    try:
+        yield
+    except BaseException:
+        tx.rollback_to(point)
+        raise
+    tx.release(point)
 
 
-def _detach_after_fork() -> None:
-    """Give a forked child (gunicorn --preload, multiprocessing) its own connections.
+def _raise_if_failed(scope: Scope, outcome: Outcome) -> None:
+    if outcome.failed:
+        error = DatabaseUnavailable if outcome is UNAVAILABLE else None
+        message = f"the commit did not succeed: {scope.problem}"
+        if error is not None:
+            raise CommitFailed(message) from error(scope.problem or "the database is unreachable")
+        raise CommitFailed(message)
 
-    The pooled driver connections share their sockets with the parent; using
-    them from two processes corrupts both sessions.
+
+# -- streaming bodies -----------------------------------------------------------------
+
+
+class ScopedBody:
+    """A streaming response body that runs inside its scope and ends it.
+
+    The status line went out with the first chunk, so the rules are: commit
+    when the body is exhausted (and the commit veto agrees with the answer),
+    roll back when it raises or is closed early.  Once the transaction holds
+    a connection, the last chunk is held back until COMMIT succeeded: if it
+    fails, the body ends with an error instead, so the server aborts the
+    response and the client sees it incomplete (a chunked body without its
+    end, or fewer bytes than its Content-Length).  The body's own ``close()``
+    (a generator's ``finally``) runs inside the scope, before it ends.
     """
-    for connection in list(_connections):
-        pool = getattr(connection, "_pool", None)
-        if pool:
-            _inherited.extend(pool)
-            pool[:] = []
-        thread_pool = getattr(connection, "_threadPool", None)  # SQLite
-        if thread_pool:
-            _inherited.extend(thread_pool.values())
-            thread_pool.clear()
-            connection._threadOrigination.clear()
+
+    def __init__(self, scope: Scope, chunks: Iterator[Any], close: Callable[[], Any] | None = None):
+        self._scope: Scope | None = scope
+        self._chunks = chunks
+        self._close = close
+        self._held: Any = None
+        self.delivered = False  # True once a chunk went to the server
+        scope.unbind()
+
+    def __iter__(self) -> ScopedBody:
+        return self
+
+    def answer(self) -> tuple[Status, Headers]:
+        """The status and headers the body's commit veto judges (given by the adapter)."""
+        raise NotImplementedError
+
+    def answered(self, error: BaseException) -> bool:
+        """True if *error* is an answer rather than a failure (web.py's redirects before the first chunk)."""
+        return False
+
+    def failed(self, outcome: Outcome, scope: Scope) -> BaseException:
+        """The exception that tells the server its response failed."""
+        return CommitFailed(f"the commit did not succeed: {scope.problem}")
+
+    def __next__(self) -> Any:
+        scope = self._scope
+        if scope is None:
+            raise StopIteration
+        scope.bind()
+        try:
+            while True:
+                try:
+                    chunk = next(self._chunks)
+                except StopIteration:
+                    outcome = self._end(scope, *self.answer())
+                    if outcome.failed:
+                        raise self.failed(outcome, scope) from None
+                    held, self._held = self._held, None
+                    if held is None:
+                        raise
+                    return held
+                if self._held is not None:
+                    chunk, self._held = self._held, chunk
+                elif chunk and scope.tx.holds_connection:
+                    self._held = chunk  # not the last one until the next is known
+                    continue
+                self.delivered = True
+                return chunk
+        except BaseException as e:
+            if self._scope is not None:  # the body raised (not our own StopIteration or failure)
+                if not self.delivered and self.answered(e):
+                    outcome = self._end(scope, *self.answer())
+                    if outcome.failed:
+                        raise self.failed(outcome, scope) from None
+                else:
+                    self._end(scope, error=e)
+            raise
+        finally:
+            scope.unbind()
+
+    def _end(self, scope: Scope, status: Status | Unset = UNSET, headers: Headers = None,
+             error: BaseException | None = None) -> Outcome:
+        """Close the body inside the scope, then finish the scope."""
+        self._scope = None
+        self._held = None if error is not None else self._held
+        if not scope.bound:
+            scope.bind()  # the body's close() (a generator's finally) may still use the database
+        close_error = None
+        if self._close is not None:
+            try:
+                self._close()
+            except BaseException as e:
+                close_error = e
+        outcome = scope.manager.finish(scope, status, headers, error or close_error, retry=False)
+        if close_error is not None and error is None:
+            raise close_error
+        return outcome
+
+    def close(self) -> None:
+        """The server is done: a body not exhausted was cut short (the client left)."""
+        scope = self._scope
+        if scope is not None:
+            self._end(scope, error=_ClientGone("the response was closed before its end"))
+
+    def __del__(self) -> None:
+        if self._scope is not None:
+            self.close()
 
 
-os.register_at_fork(after_in_child=_detach_after_fork)
+class _ClientGone(Exception):
+    """Why a body closed before its end rolls back."""
 
 
-def _guard_reconnect(connection: DBConnection) -> None:
-    """Stop MySQL drivers from reconnecting a connection inside a transaction.
+# -- fork safety ---------------------------------------------------------------------
 
-    SQLObject asks both MySQL drivers to reconnect silently; after a lost
-    connection the rest of a transaction would then run in autocommit on a new
-    session, committing half of it.  A dead connection must fail loudly: the
-    scope discards it and the next transaction gets a fresh one.
+
+def _drop_inherited_scopes() -> None:
+    """In a forked child, forget the scopes the forking thread had bound.
+
+    Their transactions run on the parent's connections, inside the parent's
+    transaction: the child must neither use nor end them (a ROLLBACK would
+    end the parent's).  The thread gets back the connection it had before
+    them, so that code in the child opens scopes of its own.
     """
-    if connection.dbName != "mysql" or getattr(connection, "_txscope_guarded", False):
-        return
-    make = connection.makeConnection
-
-    def make_connection():
-        raw = make()
-        if connection.driver == "mysqldb":
-            with warnings.catch_warnings():
-                # Deprecated, but still the only switch for the flag SQLObject set.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                raw.ping(False)  # clears libmysqlclient's persistent reconnect flag
-        return raw
-
-    reconnect = connection._force_reconnect
-
-    def force_reconnect(raw):
-        if not raw.get_autocommit():
-            raise connection.module.OperationalError(
-                2013, "Lost connection to server inside a transaction; not reconnecting")
-        reconnect(raw)
-
-    connection.makeConnection = make_connection
-    connection._force_reconnect = force_reconnect
-    connection._txscope_guarded = True
+    scope = _local.scope
+    while scope is not None:
+        outer = scope._outer
+        tx = scope.tx
+        if tx._raw is not None:
+            _driver.inherit(tx._raw)
+            tx._raw = None
+        tx._obsolete = True
+        scope.hooks = []
+        _metrics.closed(scope)
+        scope.unbind()
+        scope = outer
+    _local.__dict__.clear()
 
 
-__all__ = [
-    "CommitFailed",
-    "DatabaseUnavailable",
-    "Scope",
-    "ScopeManager",
-    "current_scope",
-    "doom",
-    "on_commit",
-]
+_driver.after_fork_hooks.append(_drop_inherited_scopes)
 
 
-# -- the answer when the database, not the application, failed ------------------
-
-
-def unavailable_answer(scope: Scope) -> tuple[str, list[tuple[str, str]], str]:
-    """Note that *scope*'s database is unreachable; return the 503 every adapter sends.
-
-    ``(status, headers, body)``: ``Retry-After`` tells clients and load
-    balancers when to ask again, instead of a 500 that looks like a bug.
-    """
-    manager = scope.manager
-    failure = scope.tx.failure
-    manager.unavailable(failure[1] if failure and failure[1] else DatabaseUnavailable("no live connection"))
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", str(manager.retry_after))]
-    return "503 Service Unavailable", headers, "The database is unavailable; please try again shortly.\n"
+__all__ = ["COMMITTED", "COMMIT_FAILED", "CommitFailed", "Outcome", "ROLLED_BACK", "RETRY", "Scope",
+           "ScopeManager", "ScopedBody", "UNAVAILABLE", "UNTOUCHED", "current_scope", "doom", "on_commit"]

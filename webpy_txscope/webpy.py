@@ -13,17 +13,26 @@ web.py facts this adapter is built on (see the README's semantics table):
 from __future__ import annotations
 
 import functools
-import io
-from typing import Any, Callable, Optional
+import itertools
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import web
 from sqlobject import sqlhub
 from sqlobject.dbconnection import DBConnection
 
-from ._errors import DISCONNECT
-from ._policy import CommitVeto, default_commit_veto
-from .core import (_MISSING, CommitFailed, Scope, ScopeManager, _local, current_scope, normalize_isolation,
-                   unavailable_answer)
+from ._http import RequestBody, failure_answer
+from ._options import UNSET, Unset, normalize_isolation
+from ._policy import Headers, Status
+from .core import RETRY, CommitFailed, Outcome, Scope, ScopedBody, ScopeManager, _local, current_scope
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from typing_extensions import Unpack
+
+    from ._options import ScopeOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class txscope:
@@ -56,24 +65,9 @@ class txscope:
     longer than this many seconds).
     """
 
-    def __init__(
-        self,
-        uri_or_connection: "str | DBConnection",
-        hub=sqlhub,
-        *,
-        attempts: int = 1,
-        isolation: Optional[str] = None,
-        readonly: bool = False,
-        commit_veto: CommitVeto = default_commit_veto,
-        retry_backoff: float = 0.02,
-        retry_after: int = 5,
-        max_age: Optional[float] = None,
-    ):
-        self.manager = ScopeManager(
-            uri_or_connection, hub, attempts=attempts, isolation=isolation, readonly=readonly,
-            commit_veto=commit_veto, retry_backoff=retry_backoff, retry_after=retry_after,
-            max_age=max_age,
-        )
+    def __init__(self, uri_or_connection: str | DBConnection, hub: Any = sqlhub,
+                 **options: Unpack[ScopeOptions]):
+        self.manager = ScopeManager(uri_or_connection, hub, **options)
 
     @property
     def connection(self) -> DBConnection:
@@ -81,13 +75,17 @@ class txscope:
         return self.manager.connection
 
     def __repr__(self) -> str:
-        return "<txscope %s>" % self.manager.name
+        return f"<txscope {self.manager.name}>"
 
-    def transaction(self, isolation: Optional[str] = _MISSING, readonly: Optional[bool] = _MISSING):
-        """``with load_sqlo.transaction():`` the same rules for a script or a cron job."""
+    def transaction(self, isolation: str | None | Unset = UNSET,
+                    readonly: bool | Unset = UNSET) -> AbstractContextManager[Scope]:
+        """``with load_sqlo.transaction():`` the same rules for a script or a cron job.
+
+        Inside a request it is a nested block: a savepoint, undone if the block raises.
+        """
         return self.manager.transaction(isolation, readonly)
 
-    def __call__(self, handler: Optional[Callable[[], Any]] = None) -> Any:
+    def __call__(self, handler: Callable[[], Any] | None = None) -> Any:
         manager = self.manager
         if handler is None:
             manager.bind_process()
@@ -103,126 +101,87 @@ class txscope:
         manager = self.manager
         ctx = web.ctx
         replay = _Replay(ctx) if manager.attempts > 1 else None
-        attempt = 0
-        while True:
-            attempt += 1
+        for attempt in itertools.count(1):
             scope = manager.open(attempt)
-            answer = None
             try:
                 result = handler()
-            except web.HTTPError as e:
-                answer = e
-            except BaseException as e:
-                manager.close(scope, False, "%s escaped" % type(e).__name__)
-                raise
-            else:
-                if hasattr(result, "__next__"):
-                    return _ScopedBody(scope, result)
-                if manager.close_untouched(scope):
-                    return result  # never touched the database: nothing to decide
-            status = ctx.status
-            commit = manager.verdict(status, ctx.headers)
-            # web.py turned the handler's exception into a 500 whose context
-            # still holds it: a serialization failure there is worth a retry.
-            if not commit and replay is not None and manager.should_retry(scope, answer):
-                manager.close(scope, False, "transient error")
-                manager.backoff(scope)
-                replay.reset(ctx)
-                continue
-            try:
-                manager.close(scope, commit, "status " + status)
-            except CommitFailed as e:
-                if replay is not None and manager.should_retry(scope, e.__cause__):
-                    manager.backoff(scope)
-                    replay.reset(ctx)
+            except web.HTTPError as answer:
+                # web.py made every exception a 500 answer; an answer is judged by its status.
+                crash = answer if _is_crash(ctx.status) else None
+                outcome = manager.finish(scope, ctx.status, ctx.headers, crash, retry=replay is not None)
+                if outcome is RETRY:
+                    replay.reset(ctx)  # type: ignore[union-attr]
                     continue
-                if scope.failure_kind is DISCONNECT:
-                    raise _unavailable(scope) from e
-                ctx.headers = []
-                raise web.internalerror() from e
-            if not commit and scope.failure_kind is DISCONNECT:
-                raise _unavailable(scope)
-            if answer is not None:
-                raise answer
+                raise _failed(manager, outcome) or answer
+            except BaseException as e:  # KeyboardInterrupt, SystemExit
+                manager.finish(scope, error=e, retry=False)
+                raise
+            if hasattr(result, "__next__"):
+                if not scope.unscoped_body:
+                    return _WebpyBody(scope, result)
+                manager.finish(scope, ctx.status, ctx.headers)  # @no_scope: the body runs on its own
+                return result
+            outcome = manager.finish(scope, ctx.status, ctx.headers, retry=replay is not None)
+            if outcome is RETRY:
+                replay.reset(ctx)  # type: ignore[union-attr]
+                continue
+            error = _failed(manager, outcome)
+            if error is not None:
+                raise error
             return result
 
 
-def _unavailable(scope: Scope) -> web.HTTPError:
-    status, headers, body = unavailable_answer(scope)
+def _is_crash(status: str) -> bool:
+    return status[:1] == "5"
+
+
+def _failed(manager: ScopeManager, outcome: Outcome) -> web.HTTPError | None:
+    """The answer that replaces the handler's when *outcome* failed."""
+    if not outcome.failed:
+        return None
+    status, headers, text = failure_answer(manager, outcome)
     web.ctx.headers = []
-    return web.HTTPError(status, dict(headers), body)
+    return web.HTTPError(status, dict(headers), text)
 
 
 class _Replay:
     """What a request looked like before its first attempt, to run it again."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx: Any):
         self.status = ctx.status
         self.headers = list(ctx.headers)
-        env = ctx.env
-        self.body = None
-        if env.get("HTTP_TRANSFER_ENCODING") == "chunked" or (env.get("CONTENT_LENGTH") or "0") not in ("", "0"):
-            self.body = web.data()
-            env["wsgi.input"] = io.BytesIO(self.body)
+        stream = ctx.env.get("wsgi.input")
+        self.body = ctx.env["wsgi.input"] = RequestBody(stream) if stream is not None else None
 
-    def reset(self, ctx) -> None:
+    def reset(self, ctx: Any) -> None:
         ctx.status = self.status
         ctx.headers = list(self.headers)
         if self.body is not None:
-            ctx.env["wsgi.input"] = io.BytesIO(self.body)
-            ctx.pop("_fieldstorage", None)
+            self.body.rewind()
+        ctx.pop("_fieldstorage", None)
 
 
-class _ScopedBody:
-    """A streaming response body that runs inside its scope.
+class _WebpyBody(ScopedBody):
+    """A generator handler's body; web.py pulls its first chunk before sending the status."""
 
-    The status line is already sent when the body runs, so the rules are:
-    commit when the body is exhausted (and the commit veto agrees with the
-    status), roll back when it raises or is closed early.  A failed COMMIT at
-    the end raises to the server, which aborts the response.
-    """
+    def __init__(self, scope: Scope, body: Any):
+        super().__init__(scope, body, getattr(body, "close", None))
 
-    def __init__(self, scope: Scope, body):
-        self.scope = scope
-        self.body = body
-        scope.unbind()
+    def answer(self) -> tuple[Status, Headers]:
+        ctx = web.ctx
+        return ctx.get("status"), ctx.get("headers")
 
-    def __iter__(self):
-        return self
+    def answered(self, error: BaseException) -> bool:
+        # A redirect or a 4xx raised before the first chunk is the answer web.py sends.
+        return isinstance(error, web.HTTPError) and not _is_crash(web.ctx.get("status") or "500")
 
-    def __next__(self):
-        scope = self.scope
-        if scope is None:
-            raise StopIteration
-        scope.bind()
-        try:
-            return next(self.body)
-        except StopIteration:
-            self._end(scope.manager.verdict(web.ctx.get("status"), web.ctx.get("headers")), "stream exhausted")
-            raise
-        except BaseException as e:
-            self._end(False, "stream raised %s" % type(e).__name__)
-            raise
-        finally:
-            scope.unbind()
-
-    def _end(self, commit: bool, reason: str) -> None:
-        scope, self.scope = self.scope, None
-        if scope is not None:
-            scope.manager.close(scope, commit, reason)
-
-    def close(self) -> None:
-        if self.scope is not None:
-            self._end(False, "stream closed early")
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-
-    def __del__(self):
-        self.close()
+    def failed(self, outcome: Outcome, scope: Scope) -> BaseException:
+        if not self.delivered:  # web.py has not sent the status yet: it sends this answer instead
+            return _failed(scope.manager, outcome) or CommitFailed(scope.problem)
+        return CommitFailed(f"the commit did not succeed: {scope.problem}")
 
 
-def scope_options(isolation: Optional[str] = _MISSING, readonly: Optional[bool] = _MISSING):
+def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET) -> Callable[[F], F]:
     """Decorate a handler method to give its transaction other characteristics.
 
     >>> from webpy_txscope import scope_options
@@ -234,39 +193,44 @@ def scope_options(isolation: Optional[str] = _MISSING, readonly: Optional[bool] 
     The settings apply to that request's transaction only and must be chosen
     before the handler's first statement.
     """
-    if isolation is not _MISSING:
+    if isolation is not UNSET:
         normalize_isolation(isolation)
 
-    def decorate(fn):
+    def decorate(fn: F) -> F:
         @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             scope = current_scope()
             if scope is not None:
                 scope.configure(isolation, readonly)
             return fn(*args, **kwargs)
 
-        return wrapper
+        return wrapper  # type: ignore[return-value]
 
     return decorate
 
 
-def no_scope(fn):
+def no_scope(fn: F) -> F:
     """Decorate a handler method to run it outside the request's scope.
 
     For handlers that do not touch SQLObject (a health check, a long stream
     of static data) or that manage their own transactions.  The request's
-    scope stays unbegun, so it costs no connection.
+    scope stays unbegun, so it costs no connection.  A generator it returns
+    runs outside any scope too: ``with load_sqlo.transaction():`` inside it
+    commits each block on its own.
     """
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         scope = current_scope()
         if scope is None:
             return fn(*args, **kwargs)
         scope.unbind()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         finally:
             scope.bind()
+        if hasattr(result, "__next__"):
+            scope.unscoped_body = True
+        return result
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]

@@ -13,33 +13,37 @@ server:
   commits once it was fully iterated *and* closed, and a failed COMMIT then
   raises to the server, which aborts the response.
 
-Nothing reaches the server's ``start_response`` until the answer is final:
-the application returned a complete body, produced its first chunk, or called
-``write()``.  That is what lets a transient failure run the request again and
-an outage answer 503 instead of whatever the application had started to say.
+The server's ``start_response`` is called before COMMIT, so that a header it
+refuses (CR/LF in a value, a hop-by-hop header) rolls back instead of
+answering 500 for a write that was kept; nothing reaches the client until the
+answer is final, and a transient failure runs the request again (the status
+is then replaced through ``exc_info``), an outage answers 503.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
-import io
 import itertools
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from sqlobject import sqlhub
 from sqlobject.dbconnection import DBConnection
 
-from ._errors import DISCONNECT, ConfigurationError
-from ._policy import default_commit_veto, strict_commit_veto
-from .core import CommitFailed, Scope, ScopeManager, unavailable_answer
+from ._errors import ConfigurationError
+from ._http import Answer, RequestBody, failure_answer
+from ._options import OPTION_NAMES
+from ._policy import Headers, Status, default_commit_veto, strict_commit_veto
+from .core import RETRY, UNAVAILABLE, CommitFailed, Outcome, Scope, ScopedBody, ScopeManager
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._options import ScopeOptions
 
 #: The options a :class:`~webpy_txscope.core.ScopeManager` takes, by name.
-OPTIONS = tuple(name for name, p in inspect.signature(ScopeManager).parameters.items()
-                if p.kind is p.KEYWORD_ONLY)
+OPTIONS = OPTION_NAMES
 
-COMMIT_FAILED = ("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")],
-                 "The changes could not be saved; nothing of this request was kept.\n")
+StartResponse = Callable[..., Callable[[bytes], Any]]
 
 
 class TxScopeMiddleware:
@@ -61,21 +65,17 @@ class TxScopeMiddleware:
     outer middleware, a web.py processor) joins that scope; its owner ends it.
     """
 
-    def __init__(self, app: Callable, uri_or_connection: "str | DBConnection | None" = None, hub=sqlhub, *,
-                 scope: Any = None, **options: Any):
+    def __init__(self, app: Callable[..., Any], uri_or_connection: str | DBConnection | None = None,
+                 hub: Any = sqlhub, *, scope: Any = None, **options: Unpack[ScopeOptions]):
         if not callable(app):
-            raise ConfigurationError("TxScopeMiddleware wraps a WSGI application, not %r" % (app,))
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigurationError("unknown option %s: the options are %s"
-                                     % (", ".join(map(repr, unknown)), ", ".join(OPTIONS)))
+            raise ConfigurationError(f"TxScopeMiddleware wraps a WSGI application, not {app!r}")
         if scope is not None:
             if uri_or_connection is not None or options or hub is not sqlhub:
                 raise ConfigurationError("pass either scope= or a database URI with its options, not both: "
                                          "the scope already has a connection, a hub and rules")
             manager = getattr(scope, "manager", scope)
             if not isinstance(manager, ScopeManager):
-                raise ConfigurationError("scope= takes a txscope or a ScopeManager, not %r" % (scope,))
+                raise ConfigurationError(f"scope= takes a txscope or a ScopeManager, not {scope!r}")
         elif uri_or_connection is None:
             raise ConfigurationError("TxScopeMiddleware needs a database URI, for example "
                                      "'postgres://user@host/db', or scope=an existing txscope")
@@ -90,77 +90,73 @@ class TxScopeMiddleware:
         return self.manager.connection
 
     def __repr__(self) -> str:
-        return "<TxScopeMiddleware %s around %r>" % (self.manager.name, self.app)
+        return f"<TxScopeMiddleware {self.manager.name} around {self.app!r}>"
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if self.manager.active() is not None:
-            return self.app(environ, start_response)  # an outer scope owns this request: join it
-        return self._handle(environ, start_response)
-
-    def _handle(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         manager = self.manager
-        replay = _Replay.capture(environ) if manager.attempts > 1 else None
+        if manager.active() is not None:
+            return self.app(environ, start_response)  # an outer scope owns this request: join it
+        replay = _Replay(environ) if manager.attempts > 1 else None
+        server = _Server(start_response)
         for attempt in itertools.count(1):
             scope = manager.open(attempt)
-            response = _Response(start_response)
+            response = _Response(server)
             try:
                 body, chunks = _run(self.app, environ, response)
             except BaseException as e:
-                manager.close(scope, False, "%s escaped" % type(e).__name__)
-                if isinstance(e, Exception) and not response.sent:
-                    if replay is not None and manager.should_retry(scope, e):
-                        manager.backoff(scope)
-                        replay.reset(environ)
-                        continue
-                    if scope.failure_kind is DISCONNECT:
-                        return _answer(start_response, unavailable_answer(scope))
+                retry = replay is not None and not server.written and isinstance(e, Exception)
+                outcome = manager.finish(scope, error=e, retry=retry)
+                if outcome is RETRY:
+                    replay.reset(environ)  # type: ignore[union-attr]
+                    continue
+                if outcome is UNAVAILABLE and not server.written and isinstance(e, Exception):
+                    return server.answer(failure_answer(manager, outcome))
                 raise
             if chunks is not None:
-                scope.unbind()
-                return _ScopedBody(scope, response, body, chunks)
-            commit = manager.verdict(response.status, response.headers)
-            if not commit and replay is not None and not response.sent and manager.should_retry(scope):
-                manager.close(scope, False, "transient error")
-                manager.backoff(scope)
-                replay.reset(environ)
-                continue
+                return _WsgiBody(scope, response, body, chunks)
             try:
-                manager.close(scope, commit, "status " + response.status)
-            except CommitFailed as e:
-                if response.sent:
-                    raise  # write() already sent the status line: only an abort can tell
-                if replay is not None and manager.should_retry(scope, e.__cause__):
-                    manager.backoff(scope)
-                    replay.reset(environ)
-                    continue
-                if scope.failure_kind is DISCONNECT:
-                    return _answer(start_response, unavailable_answer(scope))
-                return _answer(start_response, COMMIT_FAILED)
-            if not commit and scope.failure_kind is DISCONNECT and not response.sent:
-                return _answer(start_response, unavailable_answer(scope))
-            response.send()
+                response.send()  # the server checks the headers before anything is kept
+            except BaseException as e:
+                manager.finish(scope, error=e, retry=False)
+                raise
+            outcome = manager.finish(scope, response.status, response.headers,
+                                     retry=replay is not None and not server.written)
+            if outcome is RETRY:
+                replay.reset(environ)  # type: ignore[union-attr]
+                continue
+            if outcome.failed:
+                if server.written:  # write() already sent part of the body: only an abort can tell
+                    raise CommitFailed(f"the commit did not succeed: {scope.problem}")
+                return server.answer(failure_answer(manager, outcome))
             return body
+        raise AssertionError("unreachable")
 
 
-def _run(app: Callable, environ: dict, response: "_Response"):
+def _run(app: Callable[..., Any], environ: dict[str, Any], response: _Response) -> tuple[Any, Iterator[Any] | None]:
     """Call *app* and run its body up to the first chunk.
 
-    Returns ``(body, None)`` when the body is complete (a list or a tuple, or
-    an iterable that ended before its first chunk: then closed and replaced by
-    ``[]``), and ``(body, chunks)`` when it streams: the server's
-    ``start_response`` was called, and *chunks* yields the first chunk again,
-    then the rest.
+    Returns ``(body, None)`` when the body is complete: a list or a tuple
+    (closed here, inside the scope, if it has a ``close()``), a
+    ``wsgi.file_wrapper`` (never wrapped, so the server can send the file
+    itself), or an iterable that ended before its first chunk (closed and
+    replaced by ``[]``).  Returns ``(body, chunks)`` when it streams: the
+    server's ``start_response`` was called, and *chunks* yields the first
+    chunk again, then the rest.
     """
     body = app(environ, response.start_response)
     chunks = None
     try:
-        if not isinstance(body, (list, tuple)):
+        if isinstance(body, (list, tuple)):
+            if hasattr(body, "close"):
+                body.close()
+                body = list(body)
+        elif not _is_file_wrapper(body, environ):
             chunks = _prefetch(body)
             if chunks is None:
                 ended, body = body, []
                 _close(ended)
         if response.status is None:
-            raise RuntimeError("the WSGI application %r returned a body without calling start_response()" % (app,))
+            raise RuntimeError(f"the WSGI application {app!r} returned a body without calling start_response()")
         if chunks is not None:
             response.send()
     except BaseException:
@@ -169,7 +165,12 @@ def _run(app: Callable, environ: dict, response: "_Response"):
     return body, chunks
 
 
-def _prefetch(body: Iterable[bytes]):
+def _is_file_wrapper(body: Any, environ: dict[str, Any]) -> bool:
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(body, wrapper)
+
+
+def _prefetch(body: Iterable[bytes]) -> Iterator[bytes] | None:
     iterator = iter(body)
     for first in iterator:
         return itertools.chain((first,), iterator)
@@ -182,35 +183,53 @@ def _close(body: Any) -> None:
         close()
 
 
-def _answer(start_response: Callable, answer) -> list:
-    """Send an answer of our own, ``(status, headers, text)``, in place of the application's."""
-    status, headers, text = answer
-    data = text.encode("utf-8")
-    start_response(status, list(headers) + [("Content-Length", str(len(data)))])
-    return [data]
+class _Replaced(Exception):
+    """The ``exc_info`` that replaces a status the server has not sent yet."""
+
+
+class _Server:
+    """The server's ``start_response``, across the attempts of one request."""
+
+    __slots__ = ("_start", "started", "written")
+
+    def __init__(self, start_response: StartResponse):
+        self._start = start_response
+        self.started = False  # start_response was called (nothing is sent before the first write)
+        self.written = False  # body bytes went out: the answer can no longer change
+
+    def start(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], Any]:
+        if exc_info is None and self.started:
+            # An earlier attempt's status, or the one a failed commit replaces.
+            error = _Replaced("replaced before anything was sent")
+            exc_info = (_Replaced, error, None)
+        write = self._start(status, headers, exc_info) if exc_info is not None else self._start(status, headers)
+        self.started = True
+        return write
+
+    def answer(self, answer: Answer) -> list[bytes]:
+        """Send an answer of our own, ``(status, headers, text)``, in place of the application's."""
+        status, headers, text = answer
+        data = text.encode("utf-8")
+        self.start(status, list(headers) + [("Content-Length", str(len(data)))])
+        return [data]
 
 
 class _Response:
-    """The status and headers the application chose, held back from the server until final."""
+    """The status and headers one attempt chose, held back from the server until final."""
 
     __slots__ = ("status", "headers", "_server", "_write")
 
-    def __init__(self, start_response: Callable):
-        self.status: Optional[str] = None
-        self.headers: Optional[list] = None
-        self._server = start_response
-        self._write: Optional[Callable] = None
+    def __init__(self, server: _Server):
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] | None = None
+        self._server = server
+        self._write: Callable[[bytes], Any] | None = None
 
-    @property
-    def sent(self) -> bool:
-        """True once the server's start_response was called: the answer can no longer change."""
-        return self._write is not None
-
-    def start_response(self, status: str, headers: list, exc_info=None) -> Callable:
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
         if exc_info is not None:
-            if self.sent:
+            if self._write is not None:
                 # Only the server knows whether the headers went out; if so it re-raises.
-                self._write = self._server(status, headers, exc_info)
+                self._write = self._server.start(status, headers, exc_info)
         elif self.status is not None:
             raise AssertionError("start_response() was called a second time without exc_info")
         self.status, self.headers = status, list(headers)
@@ -218,107 +237,40 @@ class _Response:
 
     def write(self, data: bytes) -> None:
         """The legacy ``write()`` callable: the answer becomes final at the first call."""
-        self.send()
-        self._write(data)
+        write = self.send()
+        self._server.written = True
+        write(data)
 
-    def send(self) -> None:
+    def send(self) -> Callable[[bytes], Any]:
         if self._write is None:
-            self._write = self._server(self.status, self.headers)
+            assert self.status is not None and self.headers is not None
+            self._write = self._server.start(self.status, self.headers)
+        return self._write
 
 
 class _Replay:
     """The request as it was before its first attempt, to run it again."""
 
-    def __init__(self, environ: dict, body: bytes):
+    def __init__(self, environ: dict[str, Any]):
+        self.body = environ["wsgi.input"] = RequestBody(environ["wsgi.input"])
         self.environ = dict(environ)
-        self.body = body
-        environ["wsgi.input"] = io.BytesIO(body)
 
-    @classmethod
-    def capture(cls, environ: dict) -> Optional["_Replay"]:
-        """Read the request body once (CONTENT_LENGTH bytes); None if its end cannot be known."""
-        length = (environ.get("CONTENT_LENGTH") or "").strip()
-        stream = environ["wsgi.input"]
-        if length not in ("", "0"):
-            if not length.isdigit():
-                return None
-            body = stream.read(int(length))
-        elif environ.get("HTTP_TRANSFER_ENCODING"):
-            if not environ.get("wsgi.input_terminated"):
-                return None  # a chunked body the server does not end: it can be read only once
-            body = stream.read()
-        else:
-            body = b""
-        return cls(environ, body)
-
-    def reset(self, environ: dict) -> None:
+    def reset(self, environ: dict[str, Any]) -> None:
         """Undo what the last attempt did to *environ* (routing middleware edits PATH_INFO)."""
         environ.clear()
         environ.update(self.environ)
-        environ["wsgi.input"] = io.BytesIO(self.body)
+        self.body.rewind()
 
 
-class _ScopedBody:
-    """A streaming response body that runs inside its scope and ends it when closed.
+class _WsgiBody(ScopedBody):
+    """A streaming body; its status and headers are what the application passed to start_response."""
 
-    The status line went to the server with the first chunk, so the rules are:
-    commit when the body was fully iterated and then closed (and the commit
-    veto agrees with the status); roll back when it raises or is closed early.
-    A failed COMMIT raises from ``close()`` to the server, which aborts.
-    """
-
-    def __init__(self, scope: Scope, response: _Response, body: Iterable[bytes], chunks):
-        self._scope: Optional[Scope] = scope
+    def __init__(self, scope: Scope, response: _Response, body: Any, chunks: Iterator[Any]):
+        super().__init__(scope, chunks, getattr(body, "close", None))
         self._response = response
-        self._body = body
-        self._chunks = chunks
-        self._exhausted = False
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> bytes:
-        scope = self._scope
-        if scope is None:
-            raise StopIteration
-        scope.bind()
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            scope.unbind()
-            self._exhausted = True
-            raise
-        except BaseException as e:
-            scope.unbind()
-            self._end(False, "body raised %s" % type(e).__name__)
-            raise
-        scope.unbind()
-        return chunk
-
-    def close(self) -> None:
-        if self._scope is not None:
-            if self._exhausted:
-                self._end(True, "body iterated and closed")
-            else:
-                self._end(False, "body closed early")
-
-    def _end(self, commit: bool, reason: str) -> None:
-        # Not a `finally` in __next__: only close() knows the server is done with the body.
-        scope, self._scope = self._scope, None
-        manager = scope.manager
-        scope.bind()  # the application's close() may still use the database
-        try:
-            _close(self._body)
-        except BaseException as e:
-            manager.close(scope, False, "the body's close() raised %s" % type(e).__name__)
-            raise
-        if commit:
-            commit = manager.verdict(self._response.status, self._response.headers)
-        manager.close(scope, commit, reason)
-
-    def __del__(self):
-        if self._scope is not None:
-            self._end(False, "body never closed")
+    def answer(self) -> tuple[Status, Headers]:
+        return self._response.status, self._response.headers
 
 
 # -- PasteDeploy -------------------------------------------------------------------
@@ -333,21 +285,21 @@ def _as_bool(text: str) -> bool:
     raise ValueError("write true or false")
 
 
-def _as_commit_veto(text: str) -> Callable:
+def _as_commit_veto(text: str) -> Callable[..., Any]:
     named = {"default": default_commit_veto, "strict": strict_commit_veto}
     if text in named:
         return named[text]
     module, sep, attribute = text.partition(":")
     if not (sep and module and attribute):
         raise ValueError("write default, strict, or a function as package.module:function")
-    target = importlib.import_module(module)
+    target: Any = importlib.import_module(module)
     for part in attribute.split("."):
         target = getattr(target, part)
     return target
 
 
 #: How each option is read from the text of an .ini file.
-SETTINGS = {
+SETTINGS: dict[str, Callable[[str], Any]] = {
     "attempts": int,
     "isolation": str,
     "readonly": _as_bool,
@@ -358,7 +310,8 @@ SETTINGS = {
 }
 
 
-def filter_app_factory(app: Callable, global_conf: dict, uri: Optional[str] = None, **settings: str):
+def filter_app_factory(app: Callable[..., Any], global_conf: dict[str, Any], uri: str | None = None,
+                       **settings: str) -> TxScopeMiddleware:
     """PasteDeploy's entry point: ``use = egg:webpy_txscope#txscope`` in a ``[filter:...]`` section.
 
     ``uri`` is required; the other settings are the options of
@@ -375,12 +328,11 @@ def filter_app_factory(app: Callable, global_conf: dict, uri: Optional[str] = No
     for name, text in settings.items():
         parse = SETTINGS.get(name)
         if parse is None:
-            raise ConfigurationError("unknown txscope setting %r: the settings are uri, %s"
-                                     % (name, ", ".join(SETTINGS)))
+            raise ConfigurationError(f"unknown txscope setting {name!r}: the settings are uri, {', '.join(SETTINGS)}")
         try:
             options[name] = parse(str(text).strip())
         except (ValueError, ImportError, AttributeError) as e:
-            raise ConfigurationError("txscope setting %s = %r is not usable: %s" % (name, text, e)) from None
+            raise ConfigurationError(f"txscope setting {name} = {text!r} is not usable: {e}") from None
     return TxScopeMiddleware(app, str(uri).strip(), **options)
 
 
