@@ -309,7 +309,13 @@ class ScopeTransaction(Transaction):
             kind = classify(error)
             if kind is not DISCONNECT and not is_dead(raw):
                 self._fail(kind, error)
-                raise error
+                try:
+                    raise error
+                finally:
+                    # This frame is in the error's traceback: naming the error here
+                    # would make a cycle that keeps every calling frame (and the
+                    # response body a web.py processor frame holds) until gc runs.
+                    del error
             self._raw = None
             _discard(db, raw)
             if self._reached or spares <= 0:

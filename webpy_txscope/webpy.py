@@ -107,8 +107,10 @@ class txscope:
                 result = handler()
             except web.HTTPError as answer:
                 # web.py made every exception a 500 answer; an answer is judged by its status.
-                crash = answer if _is_crash(ctx.status) else None
-                outcome = manager.finish(scope, ctx.status, ctx.headers, crash, retry=replay is not None)
+                # (No local names the exception: its traceback holds this frame, and the
+                # frames below hold the response body: a cycle only gc would end.)
+                outcome = manager.finish(scope, ctx.status, ctx.headers,
+                                         answer if _is_crash(ctx.status) else None, retry=replay is not None)
                 if outcome is RETRY:
                     replay.reset(ctx)  # type: ignore[union-attr]
                     continue
@@ -125,9 +127,8 @@ class txscope:
             if outcome is RETRY:
                 replay.reset(ctx)  # type: ignore[union-attr]
                 continue
-            error = _failed(manager, outcome)
-            if error is not None:
-                raise error
+            if outcome.failed:
+                raise _failed(manager, outcome)  # type: ignore[misc]
             return result
 
 
