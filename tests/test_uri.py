@@ -20,7 +20,8 @@ import pytest
 from sqlobject import sqlhub
 
 from conftest import BACKENDS, DBNAME, MY_DSN
-from webpy_txscope import ConfigurationError, DatabaseUnavailable, mask, txscope
+from webapps import make_app, paste_app
+from webpy_txscope import ConfigurationError, mask, txscope
 
 #: One password per awkward character, each around letters that must never be shown.
 SPECIAL = "@/#?:%& '\"\\=+"
@@ -135,6 +136,14 @@ def test_a_raw_password_logs_in_to_mariadb_with_mysqlclient(my_user, password):
     assert user.startswith(my_user + "@")
 
 
+@pytest.mark.parametrize("uri, says", [
+    ("mysql://root@127.0.0.1/txs_no_such_db?driver=mysqldb", "Unknown database"),
+    (f"mysql://root@127.0.0.1/{DBNAME}?driver=mysqldb&charset=bogus", "character set bogus"),
+], ids=["no-database", "charset"])
+def test_a_refused_connect_is_a_configuration_error_with_mysqlclient(_databases, uri, says):
+    assert_refused(uri, says)  # the other drivers: below
+
+
 def test_a_raw_password_logs_in_to_mariadb_with_pymysql(my_user, password):
     user = connects_as(f"mysql://{my_user}:{password}@127.0.0.1/{DBNAME}?driver=pymysql")
     assert user.startswith(my_user + "@")
@@ -145,7 +154,7 @@ def test_a_wrong_raw_password_is_never_shown(pg_role, password, driver, caplog):
     caplog.set_level(logging.DEBUG, logger="webpy_txscope")
     wrong = password.replace("Wvy", "Wvx")
     scope = txscope(f"postgres://txs_pw:{wrong}@127.0.0.1:{pg_role}/postgres?driver={driver}")
-    with pytest.raises(DatabaseUnavailable) as failed:
+    with pytest.raises(ConfigurationError) as failed:
         with scope.transaction():
             sqlhub.getConnection().queryOne("SELECT 1")
     assert "password authentication failed" in str(failed.value)
@@ -158,7 +167,7 @@ def test_a_wrong_raw_password_is_never_shown_by_mariadb(my_user, password, caplo
     caplog.set_level(logging.DEBUG, logger="webpy_txscope")
     wrong = password.replace("Wvy", "Wvx")
     scope = txscope(f"mysql://{my_user}:{wrong}@127.0.0.1/{DBNAME}?driver=pymysql")
-    with pytest.raises(DatabaseUnavailable) as failed:
+    with pytest.raises(ConfigurationError) as failed:
         with scope.transaction():
             sqlhub.getConnection().queryOne("SELECT 1")
     assert "Access denied" in str(failed.value)
@@ -207,6 +216,38 @@ def test_a_percent_escape_is_decoded_when_nothing_else_is_raw():
 
 
 def test_an_at_sign_in_an_option_value_is_not_a_password():
-    uri = "mysql://root@127.0.0.1/db?init_command=SET @@session.sql_mode='ANSI'"
+    uri = "mysql://root@127.0.0.1/db?driver=pymysql&init_command=SET @@session.sql_mode='ANSI'"
     connection = txscope(uri).connection
     assert (connection.user, connection.password, connection.host) == ("root", "", "127.0.0.1")
+
+
+# -- a connect the server refuses is a configuration error, not "try again" (503) ----------
+
+
+REFUSED = {
+    "postgres-psycopg": ("postgres://postgres@127.0.0.1/txs_no_such_db?driver=psycopg", "does not exist"),
+    "postgres-psycopg2": ("postgres://postgres@127.0.0.1/txs_no_such_db?driver=psycopg2", "does not exist"),
+    "mysql-pymysql": ("mysql://root@127.0.0.1/txs_no_such_db?driver=pymysql", "Unknown database"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_a_refused_connect_is_a_configuration_error(_databases, name):
+    assert_refused(*REFUSED[name])
+
+
+def assert_refused(uri, says):
+    scope = txscope(uri)
+    app = make_app({"/": lambda: str(sqlhub.getConnection().queryOne("SELECT 1"))}, scope)
+    with pytest.raises(ConfigurationError, match=f"refused the connection .*{says}.*fix the database URI"):
+        with scope.transaction():
+            sqlhub.getConnection().queryOne("SELECT 1")
+    assert paste_app(app).get("/", expect_errors=True).status == 500
+
+
+@pytest.mark.parametrize("uri", ["postgres://postgres@127.0.0.1:1/test?driver=psycopg",
+                                 "postgres://postgres@127.0.0.1:1/test?driver=psycopg2",
+                                 "mysql://root@127.0.0.1:1/test?driver=pymysql"])
+def test_an_unreachable_server_is_still_unavailable(uri):
+    app = make_app({"/": lambda: str(sqlhub.getConnection().queryOne("SELECT 1"))}, txscope(uri))
+    assert paste_app(app).get("/", expect_errors=True).status == 503

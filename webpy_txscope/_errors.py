@@ -31,6 +31,7 @@ SQLSTATES = {
     "57P01": DISCONNECT,  # admin_shutdown (pg_terminate_backend)
     "57P02": DISCONNECT,  # crash_shutdown
     "57P03": DISCONNECT,  # cannot_connect_now
+    "53300": DISCONNECT,  # too_many_connections, for now
     "08000": DISCONNECT,
     "08001": DISCONNECT,
     "08003": DISCONNECT,
@@ -49,6 +50,8 @@ MYSQL_CODES = {
     2013: DISCONNECT,  # CR_SERVER_LOST
     2055: DISCONNECT,  # CR_SERVER_LOST_EXTENDED
     4031: DISCONNECT,  # ER_CLIENT_INTERACTION_TIMEOUT
+    1040: DISCONNECT,  # ER_CON_COUNT_ERROR: too many connections, for now
+    2005: DISCONNECT,  # CR_UNKNOWN_HOST: DNS, may be a server not up yet
 }
 
 #: SQLite result codes (``sqlite3.Error.sqlite_errorcode``), by primary code:
@@ -68,6 +71,9 @@ SQLITE_CODES = {
 TEXT_DRIVERS = ("psycopg2", "psycopg", "sqlite3", "MySQLdb", "_mysql_exceptions", "pymysql",
                 "mysql", "mariadb", "pg8000", "pgdb")
 TEXT_CLASSES = ("OperationalError", "InterfaceError")
+#: A connect that fails with none of these (or of the codes above) was refused
+#: for what the URI says (password, database, option): a configuration error,
+#: not "try again" (psycopg 3 starts every connect error "connection failed:").
 MESSAGES = (
     ("database is locked", TRANSIENT),  # SQLite busy timeout
     ("server closed the connection", DISCONNECT),
@@ -76,7 +82,12 @@ MESSAGES = (
     ("terminating connection", DISCONNECT),
     ("connection refused", DISCONNECT),
     ("could not connect to server", DISCONNECT),
-    ("connection failed", DISCONNECT),
+    ("could not translate host name", DISCONNECT),  # DNS: may be a server not up yet
+    ("failed to resolve host", DISCONNECT),
+    ("timeout expired", DISCONNECT),
+    ("no route to host", DISCONNECT),
+    ("the database system is", DISCONNECT),  # ... starting up, shutting down, in recovery mode
+    ("too many clients", DISCONNECT),
     ("lost connection", DISCONNECT),
     ("server has gone away", DISCONNECT),
     ("already closed", DISCONNECT),

@@ -144,6 +144,15 @@ def scrub(text: str, connection: DBConnection) -> str:
     return text
 
 
+def refused(connection: DBConnection, error: BaseException) -> ConfigurationError:
+    """The error for a connect the server or the driver refused (a wrong password, no such
+    database, an option value it rejects), as opposed to a server that cannot be reached."""
+    # SQLObject appends the whole connection string: noise, and the password's place.
+    reason = scrub(str(error), connection).split("used connection string")[0].strip(" ;\n")
+    return ConfigurationError(f"{describe(connection)} refused the connection ({reason}): "
+                              "fix the database URI (user, password, database name or options)")
+
+
 def describe(connection: DBConnection) -> str:
     """A printable, password-free name for a connection."""
     uri = getattr(connection, "_txscope_uri", None)
