@@ -59,6 +59,7 @@ MYSQL_CODES = {
 SQLITE_CODES = {
     5: TRANSIENT,  # SQLITE_BUSY: "database is locked" after the busy timeout
     6: TRANSIENT,  # SQLITE_LOCKED: a table locked by another connection of the process
+    14: DISCONNECT,  # SQLITE_CANTOPEN: the file or its directory is gone (unmounted, removed)
 }
 
 #: The last resort, for an error that carries no code: its text.  Only
@@ -146,7 +147,7 @@ def _reads_as_text(exc: BaseException) -> bool:
 
 
 def _chain(exc: BaseException | None):
-    seen = set()
+    seen: set[int] = set()
     while exc is not None and id(exc) not in seen and len(seen) < 8:
         seen.add(id(exc))
         yield exc

@@ -90,12 +90,6 @@ def _split(uri: str) -> tuple[str, str | None, str] | None:
             return head + sep, rest[:at], rest[at + 1:]
 
 
-def _password(userinfo: str | None) -> str | None:
-    if userinfo is None or ":" not in userinfo:
-        return None
-    return userinfo.partition(":")[2]
-
-
 def mask(uri: str) -> str:
     """Hide the password of a database URI.
 
@@ -106,9 +100,8 @@ def mask(uri: str) -> str:
     >>> mask("postgres://app:p@ss/w#rd?x@127.0.0.1/db")
     'postgres://app:***@127.0.0.1/db'
     """
-    parts = _split(uri)
-    if parts is not None and parts[1] is not None:
-        head, userinfo, rest = parts
+    head, userinfo, rest = _split(uri) or ("", None, "")
+    if userinfo is not None:
         if ":" in userinfo:
             userinfo = userinfo.partition(":")[0] + ":***"
         uri = f"{head}{userinfo}@{rest}"
@@ -121,10 +114,9 @@ def _normalize(uri: str) -> str:
     Such user information is taken literally, every character (``%``
     included); one without them keeps its ``%XX`` escapes, as before.
     """
-    parts = _split(uri)
-    if parts is None or parts[1] is None or not any(c in parts[1] for c in "@/#?"):
+    head, userinfo, rest = _split(uri) or ("", None, "")
+    if userinfo is None or not any(c in userinfo for c in "@/#?"):
         return uri
-    head, userinfo, rest = parts
     user, colon, password = userinfo.partition(":")
     return f"{head}{quote(user, safe='')}{colon}{quote(password, safe='')}@{rest}"
 

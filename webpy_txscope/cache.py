@@ -18,7 +18,7 @@ must outlive a request needs a shared backend and explicit invalidation.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 from dogpile.cache.api import NO_VALUE, CacheBackend, CacheMutex
 from dogpile.cache.region import register_backend
@@ -90,10 +90,10 @@ class TransactionBackend(CacheBackend):
         values = self._values()
         return NO_VALUE if values is None else values.get(key, NO_VALUE)
 
-    def get_multi(self, keys: Sequence):
+    def get_multi(self, keys: Iterable[str]):
         values = self._values()
         if values is None:
-            return [NO_VALUE] * len(keys)
+            return [NO_VALUE for _ in keys]
         return [values.get(key, NO_VALUE) for key in keys]
 
     def set(self, key, value) -> None:
@@ -111,7 +111,7 @@ class TransactionBackend(CacheBackend):
         if values is not None:
             values.pop(key, None)
 
-    def delete_multi(self, keys: Sequence) -> None:
+    def delete_multi(self, keys: Iterable[str]) -> None:
         values = self._values()
         if values is not None:
             for key in keys:

@@ -103,8 +103,8 @@ def _worker(config) -> str | None:
 
 @pytest.fixture(scope="session")
 def _txscope_worker_uri(request) -> Iterator[str]:
-    uri = request.config.getoption("--txscope-uri") or os.environ.get(ENV_URI)
-    worker_uri, create, drop = _worker_database(uri, _worker(request.config))
+    uri = request.config.getoption("--txscope-uri") or os.environ[ENV_URI]
+    worker_uri, create, drop = _worker_database(uri, _worker(request.config) or "")
     _run_outside(uri, [drop, create])
     yield worker_uri
     _run_outside(uri, [drop])
@@ -489,8 +489,9 @@ def assert_scope_closed(hub=None) -> None:
     transaction (finished or not) and not ``None``, ``hub.processConnection``
     not a transaction, no other thread's ``threadConnection`` a transaction,
     and no unfinished transaction left holding a connection without being
-    bound anywhere (on PostgreSQL: a session idle in transaction).  *hub* defaults to SQLObject's ``sqlhub``.  Nothing is
-    cleaned up: a failure leaves the state as it found it, to be inspected.
+    bound anywhere (on PostgreSQL: a session idle in transaction).  *hub*
+    defaults to SQLObject's ``sqlhub``.  Nothing is cleaned up: a failure
+    leaves the state as it found it, to be inspected.
     """
     __tracebackhide__ = True
     from sqlobject import sqlhub
