@@ -14,7 +14,9 @@ from webpy_txscope.core import ScopeManager
 @pytest.mark.parametrize("uri, says", [
     ("", "empty"),
     ("   ", "empty"),
-    ("postgres", "no scheme"),
+    ("postgres", "only a scheme, no database.*'postgres://user:password@host:5432/dbname'"),
+    ("/srv/app/app.db", "no scheme.*'sqlite:/srv/app/app.db'"),
+    ("localhost/db", "no scheme"),
     ("oracle://scott:tiger@db/orcl", "supported schemes are mysql, postgres, postgresql, sqlite"),
     ("postgres://u:pw@127.0.0.1:notaport/db", "the port .notaport. is not a number"),
     ("postgres://u@127.0.0.1/db?colour=blue", "unknown URI option 'colour'"),

@@ -6,6 +6,7 @@ with the process-wide connection ``load_sqlo()`` binds: the recipe's stale
 setup.  Each helper must fail on the app it exists to catch.
 """
 
+import gc
 import json
 import os
 import re
@@ -35,6 +36,13 @@ CHANGE = "UPDATE users SET fullname = 'After' WHERE id = 1"
 def this_checkout_first(monkeypatch):
     """User suites run in a subprocess: they must load this checkout's plugin, not another install's."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture(autouse=True)
+def no_garbage_of_earlier_tests():
+    """assert_scope_closed() reports every transaction still alive: not those earlier test
+    files dropped, which only the garbage collector ends."""
+    gc.collect()
 
 
 @pytest.fixture(scope="module")

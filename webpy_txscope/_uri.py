@@ -181,7 +181,11 @@ def open_connection(uri_or_connection) -> DBConnection:
     if not uri:
         raise ConfigurationError(f"the database URI is empty: pass one, {ANY_EXAMPLE}")
     scheme, sep, rest = uri.partition(":")
+    if uri.lower() in SCHEMES:
+        raise _fail("only a scheme, no database", uri, f"for example {EXAMPLES[SCHEMES[uri.lower()]]}")
     if not sep or not scheme:
+        if uri.startswith(("/", "./")) or uri.endswith((".db", ".sqlite", ".sqlite3")):
+            raise _fail("no scheme", uri, f"for a SQLite file write 'sqlite:{os.path.abspath(uri)}'")
         raise _fail("no scheme", uri, ANY_EXAMPLE)
     kind = SCHEMES.get(scheme.lower())
     if kind is None:

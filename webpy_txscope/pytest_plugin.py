@@ -336,7 +336,9 @@ def _run_outside(uri: str, statements: List[str]) -> None:
     """Run *statements* as another process would: a new connection, autocommit."""
     from sqlobject.dbconnection import dbConnectionForScheme
 
-    connection = dbConnectionForScheme(uri.split(":", 1)[0]).connectionFromURI(uri)
+    from ._uri import _normalize
+
+    connection = dbConnectionForScheme(uri.split(":", 1)[0]).connectionFromURI(_normalize(uri))
     try:
         for sql in statements:
             connection.query(sql)
@@ -451,11 +453,13 @@ def _forget_cached_method() -> None:
     # __getattr__); every one already open, on any thread, must look
     # _executeRetry up again to be counted.
     from . import _metrics
+    from ._tx import ScopeTransaction
 
     for scope in list(_metrics._open):
-        getattr(scope.tx, "__dict__", {}).pop("_executeRetry", None)
+        scope.tx.__dict__.pop("_executeRetry", None)
     for connection in _thread_connections().values():
-        getattr(connection, "__dict__", {}).pop("_executeRetry", None)
+        if isinstance(connection, ScopeTransaction):
+            connection.__dict__.pop("_executeRetry", None)
 
 
 def _thread_connections(hub=None) -> dict:
@@ -491,7 +495,9 @@ def assert_scope_closed(hub=None) -> None:
     and no unfinished transaction left holding a connection without being
     bound anywhere (on PostgreSQL: a session idle in transaction).  *hub*
     defaults to SQLObject's ``sqlhub``.  Nothing is cleaned up: a failure
-    leaves the state as it found it, to be inspected.
+    leaves the state as it found it, to be inspected.  A transaction an
+    earlier test dropped is reported too until the garbage collector ends it
+    (``gc.collect()`` first, if that test is not yours to fix).
     """
     __tracebackhide__ = True
     from sqlobject import sqlhub
