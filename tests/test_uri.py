@@ -251,3 +251,15 @@ def assert_refused(uri, says):
 def test_an_unreachable_server_is_still_unavailable(uri):
     app = make_app({"/": lambda: str(sqlhub.getConnection().queryOne("SELECT 1"))}, txscope(uri))
     assert paste_app(app).get("/", expect_errors=True).status == 503
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_an_unreachable_server_never_shows_a_raw_password(password, driver, caplog):
+    caplog.set_level(logging.DEBUG, logger="webpy_txscope")
+    scope = txscope(f"postgres://app:{password}@127.0.0.1:1/test?driver={driver}")
+    app = make_app({"/": lambda: str(sqlhub.getConnection().queryOne("SELECT 1"))}, scope)
+    response = paste_app(app).get("/", expect_errors=True)
+    assert response.status == 503
+    assert caplog.records, "expected log lines about the failure"
+    for text in [response.body.decode(), repr(scope)] + [r.getMessage() for r in caplog.records]:
+        assert_hidden(text, password)
