@@ -149,6 +149,7 @@ def test_a_retried_attempt_starts_with_no_values(scope, region):
         seen.append(region.get("key"))
         region.set("key", "attempt %d" % len(seen))
         if len(seen) == 1:
+            User.select().count()  # a real transient error comes from a statement
             raise sqlite3.OperationalError("database is locked")  # transient: run it again
         return region.get("key")
 
@@ -190,3 +191,100 @@ def test_backend_is_registered_under_its_documented_name():
     assert webpy_txscope.cache.NAME == "webpy_txscope.transaction"
     assert isinstance(make_region().configure(webpy_txscope.cache.NAME).backend,
                       webpy_txscope.cache.TransactionBackend)
+
+
+# -- no lock shared between transactions, one namespace per region ----------------------
+
+
+def test_two_requests_computing_the_same_key_do_not_wait_for_each_other(scope, region):
+    """Each computes its own value: a process-wide lock per key would make the second wait
+    for the first, which here waits for the second."""
+    first_inside, second_done = threading.Event(), threading.Event()
+
+    @region.cache_on_arguments()
+    def slow(key):
+        if threading.current_thread().name == "first":
+            first_inside.set()
+            assert second_done.wait(10), "the second request never computed its value"
+        return f"{threading.current_thread().name} {User.select().count()}"
+
+    results = {}
+
+    def request(name):
+        with scope.transaction():
+            if name == "second":
+                assert first_inside.wait(10)
+            results[name] = slow("same key")
+            if name == "second":
+                second_done.set()
+
+    threads = [threading.Thread(target=request, args=(name,), name=name) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {"first": "first 3", "second": "second 3"}
+
+
+def test_a_row_lock_and_the_same_key_do_not_deadlock(server_scope, server_backend, region):
+    """The second request holds a row lock and computes the key the first is computing, which
+    waits for that row: without a lock per key in Python, the second finishes, then the first."""
+    lock_timeout = {"postgres": "SET LOCAL lock_timeout = '10s'",
+                    "mysql": "SET SESSION innodb_lock_wait_timeout = 10"}[server_backend.kind]
+    second_locked, first_inside = threading.Event(), threading.Event()
+    from sqlobject import sqlhub
+
+    @region.cache_on_arguments()
+    def rename(key):
+        first_inside.set()
+        sqlhub.getConnection().query("UPDATE users SET fullname = 'renamed' WHERE id = 1")
+        return threading.current_thread().name
+
+    results, errors = {}, []
+
+    def request(name):
+        try:
+            with server_scope.transaction():
+                sqlhub.getConnection().query(lock_timeout)
+                if name == "second":
+                    sqlhub.getConnection().query("UPDATE users SET fullname = 'second' WHERE id = 1")
+                    second_locked.set()
+                    assert first_inside.wait(10)
+                else:
+                    assert second_locked.wait(10)
+                results[name] = rename("user 1")
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=request, args=(name,), name=name) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert results == {"first": "first", "second": "second"}
+
+
+def test_each_region_has_its_own_values(scope, region):
+    other = make_region().configure("webpy_txscope.transaction")
+    with scope.transaction():
+        region.set("key", "mine")
+        assert other.get("key") is NO_VALUE
+        other.set("key", "theirs")
+        assert region.get("key") == "mine"
+
+
+def test_a_cached_value_keeps_a_database_free_request_untouched(scope, region):
+    """Values live beside the transaction: the scope still ends as untouched, and its reuse by
+    the thread's next request starts with no values."""
+    from webpy_txscope import stats
+
+    def remember():
+        before = region.get("key")
+        region.set("key", "first request")
+        return "empty" if before is NO_VALUE else f"stale: {before}"
+
+    app = make_app({"/": remember}, scope)
+    untouched = stats()["untouched"]
+    assert [app.request("/").data for _ in range(3)] == [b"empty"] * 3
+    assert stats()["untouched"] == untouched + 3

@@ -14,13 +14,24 @@ from webpy_txscope.core import ScopeManager
 @pytest.mark.parametrize("uri, says", [
     ("", "empty"),
     ("   ", "empty"),
-    ("postgres", "no scheme"),
+    ("postgres", "only a scheme, no database.*'postgres://user:password@host:5432/dbname'"),
+    ("/srv/app/app.db", "no scheme.*'sqlite:/srv/app/app.db'"),
+    ("localhost/db", "no scheme"),
     ("oracle://scott:tiger@db/orcl", "supported schemes are mysql, postgres, postgresql, sqlite"),
-    ("postgres://u:pw@127.0.0.1:notaport/db", "malformed"),
+    ("postgres://u:pw@127.0.0.1:notaport/db", "the port .notaport. is not a number"),
     ("postgres://u@127.0.0.1/db?colour=blue", "unknown URI option 'colour'"),
     ("sqlite:/no/such/directory/app.db", "does not exist"),
     ("postgres://u@127.0.0.1/db?driver=pg8000", "pip install 'webpy_txscope[postgres]'"),
     ("mysql://u@127.0.0.1/db?driver=connector", "pip install 'webpy_txscope[mysql]'"),
+    ("mysql://u@127.0.0.1/db?driver=connector", "pip install mysql-connector-python"),
+    ("sqlite:", "no database file after 'sqlite:'.*'sqlite:/srv/app/app.db'"),
+    ("postgres:", "no '//' after 'postgres:'.*'postgres://user:password@host:5432/dbname'"),
+    ("postgres://u@127.0.0.1/db?driver=mysqldb", "unknown driver 'mysqldb'.*one of psycopg, psycopg2"),
+    ("mysql://u@127.0.0.1/db?driver=psycopg", "unknown driver 'psycopg'.*one of mysqldb .mysqlclient., pymysql"),
+    ("postgres://u@127.0.0.1/db?sslmode=bogus", "sslmode='bogus' is not a valid value.*verify-full"),
+    ("mysql://u@127.0.0.1/db?connect_timeout=soon", "connect_timeout='soon' is not a whole number"),
+    ("mysql://u@127.0.0.1/db?ssl_ca=/no/such/ca.pem", "the file '/no/such/ca.pem' given as ssl_ca does not exist"),
+    ("postgres://u@127.0.0.1/my#db", "a '#' outside the password.*%23"),
 ])
 def test_bad_uri_is_refused_at_creation(uri, says):
     with pytest.raises(ConfigurationError, match=says.replace("[", r"\[").replace("]", r"\]")):
@@ -50,6 +61,32 @@ def test_password_never_appears_in_log_lines(caplog):
     assert caplog.records, "expected log lines about the failure"
     assert all("s3cretpw" not in r.getMessage() for r in caplog.records)
     assert repr(scope).count("***") == 1
+
+
+@pytest.mark.parametrize("uri", ["sqlite:", "sqlite:/tmp/x.db?driver=x", "sqlite:/no/such/dir/x.db"])
+def test_a_sqlite_error_suggests_nothing_of_a_server(uri):
+    with pytest.raises(ConfigurationError) as info:
+        txscope(uri)
+    assert "no scheme" not in str(info.value)
+    assert not any(word in str(info.value) for word in ("postgres", "mysql", "pip install"))
+
+
+@pytest.mark.parametrize("uri, other", [
+    ("postgres://u@127.0.0.1/db?driver=bogus", "mysql"),
+    ("postgres://u@127.0.0.1/db?driver=pg8000", "mysql"),
+    ("mysql://u@127.0.0.1/db?driver=bogus", "psycopg"),
+    ("mysql://u@127.0.0.1/db?driver=connector", "psycopg"),
+])
+def test_a_driver_error_suggests_drivers_of_its_own_scheme(uri, other):
+    with pytest.raises(ConfigurationError) as info:
+        txscope(uri)
+    assert other not in str(info.value)
+
+
+def test_a_bad_sslmode_never_reaches_a_request(tmp_path):
+    """Refused by txscope(): psycopg would refuse it only when connecting, as 503 "try again" forever."""
+    with pytest.raises(ConfigurationError, match="sslmode"):
+        txscope("postgres://postgres@127.0.0.1/test?sslmode=bogus&driver=psycopg2")
 
 
 def test_not_a_uri_at_all():

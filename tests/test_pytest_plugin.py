@@ -6,6 +6,7 @@ with the process-wide connection ``load_sqlo()`` binds: the recipe's stale
 setup.  Each helper must fail on the app it exists to catch.
 """
 
+import gc
 import json
 import os
 import re
@@ -29,6 +30,19 @@ JSON = {"Content-Type": "application/json"}
 WRITE = ("POST", "/api/users/1", {"fullname": "Before"}, JSON)
 READ = "/api/users/1"
 CHANGE = "UPDATE users SET fullname = 'After' WHERE id = 1"
+
+
+@pytest.fixture(autouse=True)
+def this_checkout_first(monkeypatch):
+    """User suites run in a subprocess: they must load this checkout's plugin, not another install's."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture(autouse=True)
+def no_garbage_of_earlier_tests():
+    """assert_scope_closed() reports every transaction still alive: not those earlier test
+    files dropped, which only the garbage collector ends."""
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +111,23 @@ def test_fresh_read_fails_without_a_processor(stale, backend):
     assert "served stale data" in message
     assert "still shows the old value 'Before'" in message
     assert "sent no SELECT" in message
+
+
+def test_fresh_read_fails_when_the_stale_value_contains_the_expected_one(stale, backend):
+    with pytest.raises(pytest.fail.Exception, match="but also the old value 'Before After'"):
+        assert_fresh_read(stale, write=("POST", "/api/users/1", {"fullname": "Before After"}, JSON),
+                          change=CHANGE, read=READ, expect="After", stale="Before After", uri=backend.uri)
+
+
+def test_fresh_read_passes_when_the_expected_value_contains_the_stale_one(scoped, backend):
+    assert_fresh_read(scoped, write=("POST", "/api/users/1", {"fullname": "Aft"}, JSON),
+                      change=CHANGE, read=READ, expect="After", stale="Aft", uri=backend.uri)
+
+
+def test_fresh_read_refuses_a_stale_value_equal_to_the_expected_one(scoped, backend):
+    with pytest.raises(ValueError, match="the same value"):
+        assert_fresh_read(scoped, write=WRITE, change=CHANGE, read=READ, expect="After", stale="After",
+                          uri=backend.uri)
 
 
 def test_fresh_read_accepts_callables(scoped, backend):
@@ -185,7 +216,77 @@ def test_count_queries_counts_other_threads(scope, backend):
     assert queries.count == 1, queries
 
 
+def test_count_queries_sees_a_scope_opened_on_another_thread_before_the_block(scope, backend):
+    from models import User
+
+    opened, counting, done = threading.Event(), threading.Event(), threading.Event()
+
+    def other_thread():
+        with scope.transaction():
+            list(User.select(orderBy="id"))  # the transaction now keeps its _executeRetry
+            opened.set()
+            assert counting.wait(10)
+            list(User.select(orderBy="id"))
+        done.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    assert opened.wait(10)
+    with count_queries() as queries:
+        counting.set()
+        assert done.wait(10)
+    worker.join(10)
+    assert len(queries.selects) == 1, queries
+
+
 # -- assert_scope_closed -------------------------------------------------------------
+
+
+def test_scope_closed_fails_on_an_unbound_transaction_idle_in_transaction(scope, backend):
+    from models import User
+
+    tx = scope.connection.transaction()
+    list(User.select(connection=tx))  # BEGIN ... SELECT, then nobody ends it
+    try:
+        with pytest.raises(pytest.fail.Exception, match="a transaction bound to no thread still holds a connection"):
+            assert_scope_closed()
+    finally:
+        tx.rollback()
+    assert_scope_closed()
+
+
+def test_scope_closed_names_a_session_idle_in_transaction_on_postgres(server_scope, server_backend):
+    tx = server_scope.connection.transaction()
+    tx.query("SELECT 1")
+    try:
+        with pytest.raises(pytest.fail.Exception) as failed:
+            assert_scope_closed()
+    finally:
+        tx.rollback()
+    in_transaction = "in a transaction on the server" in str(failed.value)
+    assert in_transaction == (server_backend.kind == "postgres"), str(failed.value)
+
+
+def test_scope_closed_fails_on_another_threads_bound_transaction(scope, backend):
+    bound, release = threading.Event(), threading.Event()
+    tx = scope.connection.transaction()
+
+    def worker_between_requests():
+        sqlhub.threadConnection = tx
+        bound.set()
+        release.wait(10)
+        del sqlhub.threadConnection
+
+    worker = threading.Thread(target=worker_between_requests)
+    worker.start()
+    try:
+        assert bound.wait(10)
+        with pytest.raises(pytest.fail.Exception, match="another thread's threadConnection is a transaction"):
+            assert_scope_closed()
+    finally:
+        release.set()
+        worker.join(10)
+        tx.rollback()
 
 
 def test_scope_closed_after_cookbook_requests(scoped, backend):
@@ -283,6 +384,64 @@ def test_the_example_fails_when_its_processor_is_missing(user_suite):
     result = user_suite.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines(["*served stale data*"])
+
+
+def test_the_example_fails_in_one_line_without_its_processor(user_suite):
+    myapp = user_suite.path / "myapp.py"
+    myapp.write_text(myapp.read_text().replace("    app.add_processor(load_sqlo)\n", ""))
+    result = user_suite.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(["*the request found no database connection*app.add_processor(txscope(uri))"] * 3)
+    assert len(result.outlines) < 40, "\n".join(result.outlines)
+
+
+def test_each_xdist_worker_gets_its_own_database(pytester, monkeypatch, server_backend):
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        pytest.fail("pytest-xdist is not installed: pip install pytest-xdist")
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.delenv("TXSCOPE_TEST_URI", raising=False)
+    pytester.makepyfile(test_workers="""
+        import os
+        import pytest
+        from sqlobject import connectionForURI
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_database(txscope_uri, i):
+            conn = connectionForURI(txscope_uri)
+            conn.query("CREATE TABLE IF NOT EXISTS rows_%d (x INTEGER)" % i)
+            assert conn.queryOne("SELECT COUNT(*) FROM rows_%d" % i)[0] == 0
+            name = txscope_uri.split("/")[-1].split("?")[0]
+            print("WORKER=%s DB=%s" % (os.environ["PYTEST_XDIST_WORKER"], name))
+            assert name.endswith("_" + os.environ["PYTEST_XDIST_WORKER"])
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-s",
+                                           "--txscope-uri", server_backend.uri)
+    result.assert_outcomes(passed=4)
+    database = server_backend.uri.split("/")[-1].split("?")[0]
+    left = server_backend.sql("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE ?",
+                              database + "_gw%") if server_backend.kind == "mysql" else \
+        server_backend.sql("SELECT COUNT(*) FROM pg_database WHERE datname LIKE ?", database + "_gw%")
+    assert left[0][0] == 0, "the workers' databases were not dropped"
+
+
+def test_the_plugin_hides_deprecation_warnings_that_are_not_the_users(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pytester.makeconftest("import sqlobject  # noqa: F401  (as an app's conftest.py does, through the app)\n")
+    pytester.makepyfile("""
+        import warnings
+
+        def test_imports_formencode():
+            import formencode  # noqa: F401  (SQLObject imports it; it imports cgi)
+
+        def test_own_warning():
+            warnings.warn("mine is deprecated", DeprecationWarning)
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert "'cgi' is deprecated" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*mine is deprecated*"])
 
 
 def test_txscope_app_must_be_overridden(pytester, monkeypatch):

@@ -30,7 +30,7 @@ from . import _driver
 from ._driver import discard as _discard
 from ._driver import is_dead
 from ._errors import DISCONNECT, OTHER, ConnectionLost, DatabaseUnavailable, ErrorKind, classify
-from ._uri import describe, scrub
+from ._uri import describe, refused, scrub
 
 log = logging.getLogger("webpy_txscope")
 
@@ -235,6 +235,9 @@ class ScopeTransaction(Transaction):
             try:
                 raw = db.getConnection()
             except Exception as e:
+                if classify(e) is not DISCONNECT:  # refused for what the URI says: no retry can help
+                    self._fail(OTHER, e)
+                    raise refused(db, e) from None
                 self._fail(DISCONNECT, e)
                 # Not chained: SQLObject's error quotes the connection string,
                 # password included, and web.py prints the whole chain.

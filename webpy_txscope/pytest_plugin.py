@@ -52,11 +52,89 @@ def pytest_addoption(parser):
         help="database URI for the txscope_uri fixture (default: $%s, else a SQLite file in tmp_path)" % ENV_URI)
 
 
+#: Deprecation warnings that the libraries this package stands on raise about
+#: themselves, not about the user's code: (message, module that warns).
+FOREIGN_WARNINGS = (
+    ("'cgi' is deprecated", "formencode"),  # FormEncode, imported by SQLObject
+    ("'db' is deprecated", "sqlobject"),  # SQLObject's arguments to PyMySQL
+    ("'passwd' is deprecated", "sqlobject"),
+    ("The 'reconnect' argument is deprecated", "sqlobject"),
+    ("The reconnect parameter of ping", "sqlobject"),
+)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    # Outside pytest's own wrapper of this hook, which applies the filters
+    # while the conftest.py files (importing the app, SQLObject, FormEncode) load.
+    _ignore_foreign_warnings(early_config)
+    yield
+
+
+def pytest_configure(config):
+    _ignore_foreign_warnings(config)  # the plugin was loaded late, by a conftest.py
+
+
+def _ignore_foreign_warnings(config) -> None:
+    present = config.getini("filterwarnings")
+    for message, module in FOREIGN_WARNINGS:
+        line = f"ignore:{message}:DeprecationWarning:{module}"
+        if line not in present:
+            config.addinivalue_line("filterwarnings", line)
+
+
 @pytest.fixture
 def txscope_uri(request, tmp_path) -> str:
-    """The database URI the app under test should use (override to choose another way)."""
-    return (request.config.getoption("--txscope-uri") or os.environ.get(ENV_URI)
-            or "sqlite:" + str(tmp_path / "txscope.db"))
+    """The database URI the app under test should use (override to choose another way).
+
+    Under pytest-xdist a server URI names a database of each worker's own
+    (``<database>_gw0``, ...), created for the session and dropped after it,
+    so that workers never see each other's rows.
+    """
+    configured = request.config.getoption("--txscope-uri") or os.environ.get(ENV_URI)
+    if configured and _worker(request.config) and not configured.startswith("sqlite"):
+        return request.getfixturevalue("_txscope_worker_uri")
+    return configured or "sqlite:" + str(tmp_path / "txscope.db")
+
+
+def _worker(config) -> str | None:
+    return getattr(config, "workerinput", {}).get("workerid")
+
+
+@pytest.fixture(scope="session")
+def _txscope_worker_uri(request) -> Iterator[str]:
+    uri = request.config.getoption("--txscope-uri") or os.environ[ENV_URI]
+    worker_uri, create, drop = _worker_database(uri, _worker(request.config) or "")
+    _run_outside(uri, [drop, create])
+    yield worker_uri
+    _run_outside(uri, [drop])
+
+
+def _worker_database(uri: str, worker: str) -> tuple[str, str, str]:
+    """This worker's URI, and the statements that create and drop its database
+    (run on a connection to the configured database, which must exist)."""
+    from ._uri import _HOST, _split
+
+    head, userinfo, rest = _split(uri) or (None, None, "")
+    host = _HOST.match(rest)
+    if head is None or host is None:
+        raise pytest.UsageError(f"--txscope-uri: cannot tell the database name in {mask_uri(uri)!r}")
+    path, question, query = rest[host.end():].partition("?")
+    name = f"{path.strip('/') or 'txscope'}_{worker}"
+    if not name.replace("_", "").isalnum():
+        raise pytest.UsageError(f"--txscope-uri: a database name of letters, digits and _ is needed "
+                                f"for one database per pytest-xdist worker, not {path!r}")
+    auth = "" if userinfo is None else userinfo + "@"
+    worker_uri = f"{head}{auth}{rest[:host.end()]}/{name}{question}{query}"
+    if head.lower().startswith("mysql"):
+        return worker_uri, f"CREATE DATABASE `{name}`", f"DROP DATABASE IF EXISTS `{name}`"
+    return worker_uri, f'CREATE DATABASE "{name}"', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+
+
+def mask_uri(uri: str) -> str:
+    from ._uri import mask
+
+    return mask(uri)
 
 
 @pytest.fixture
@@ -95,7 +173,36 @@ def _testapp(app):
     wsgi = app.wsgifunc() if hasattr(app, "wsgifunc") else app
     if not callable(wsgi):
         raise TypeError("expected a web.py application, a WSGI callable or a TestApp, not %r" % (app,))
-    return TestApp(wsgi)
+
+    class _TestApp(TestApp):
+        def do_request(self, req, status):
+            __tracebackhide__ = True
+            try:
+                return super().do_request(req, status)
+            except Exception as e:
+                message = _no_connection(e, f"{req.environ.get('REQUEST_METHOD', 'GET')} {req.url}")
+                if message is None:
+                    raise
+            # Out of the except block: the one line, without the chain of tracebacks.
+            pytest.fail(message, pytrace=False)
+
+    return _TestApp(wsgi)
+
+
+#: What SQLObject says when a model is used with no connection bound.
+NO_CONNECTION = "No connection has been defined for this thread or process"
+
+
+def _no_connection(error: BaseException, request: str) -> str | None:
+    """The one-line failure for *error* if it is SQLObject finding no connection (in the
+    traceback web.py wrote, or in a 500 page): the app runs without its scope."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if NO_CONNECTION in str(seen):
+            return (f"{request}: the request found no database connection (SQLObject: {NO_CONNECTION!r}); "
+                    "is the app's processor missing?  app.add_processor(txscope(uri))")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 # -- assert_fresh_read -------------------------------------------------------------
@@ -121,7 +228,9 @@ def assert_fresh_read(app, *, write: RequestSpec, change: "Union[str, Sequence[s
     *change* is what another process does: SQL (a string or a list of them)
     run on a new connection of its own to *uri*, in autocommit, sharing
     nothing with the app's connection; or any callable taking no arguments.
-    *stale*, if given, is the value that must not come back (for the message).
+    *stale*, if given, is the value that must not come back: the read fails
+    if it shows *stale* anywhere but inside *expect*, even when it also shows
+    *expect*.
 
     Returns the read's response.  Example (the cookbook's JSON API)::
 
@@ -134,6 +243,8 @@ def assert_fresh_read(app, *, write: RequestSpec, change: "Union[str, Sequence[s
         )
     """
     __tracebackhide__ = True
+    if stale is not None and stale == expect:
+        raise ValueError("assert_fresh_read: stale and expect are the same value, %r" % (stale,))
     testapp = _testapp(app)
     _send(testapp, write, "write")
     if callable(change):
@@ -145,18 +256,32 @@ def assert_fresh_read(app, *, write: RequestSpec, change: "Union[str, Sequence[s
     with count_queries() as queries:
         response = _send(testapp, read, "read")
     body = _text(response)
-    if expect in body:
+    shows_stale = _shows(body, stale, expect)
+    if expect in body and not shows_stale:
         return response
-    lines = ["assert_fresh_read: the read %s does not show %r, although the row was changed outside "
-             "the app before it: the app served stale data." % (_describe(read), expect)]
-    if stale is not None and stale in body:
-        lines.append("It still shows the old value %r." % stale)
+    if expect in body:
+        lines = ["assert_fresh_read: the read %s shows %r, but also the old value %r, although the row "
+                 "was changed outside the app before it: the app served stale data." % (_describe(read), expect, stale)]
+    else:
+        lines = ["assert_fresh_read: the read %s does not show %r, although the row was changed outside "
+                 "the app before it: the app served stale data." % (_describe(read), expect)]
+        if shows_stale:
+            lines.append("It still shows the old value %r." % stale)
     if not queries.selects:
         lines.append("The read sent no SELECT (%d statements): SQLObject answered from the cache of a "
                      "connection that outlived the write's request." % queries.count)
     lines.append("Every request needs its own transaction: app.add_processor(txscope(uri)).")
     lines.append("Response body: %r" % (body[:500],))
     pytest.fail("\n".join(lines), pytrace=False)
+
+
+def _shows(body: str, stale: Optional[str], expect: str) -> bool:
+    """True if *body* shows *stale* other than as a part of *expect*."""
+    if not stale:
+        return False
+    if stale in expect:
+        return stale in body.replace(expect, "")
+    return stale in body
 
 
 def _send(testapp, spec: RequestSpec, what: str):
@@ -176,8 +301,12 @@ def _send(testapp, spec: RequestSpec, what: str):
     kwargs = {"headers": headers} if headers else {}
     try:
         return send(path, body, **kwargs) if body is not None else send(path, **kwargs)
+    except pytest.fail.Exception:
+        raise
     except Exception as e:
-        pytest.fail("assert_fresh_read: the %s request %s failed: %s" % (what, _describe(spec), e), pytrace=False)
+        message = (_no_connection(e, "assert_fresh_read: the %s request %s" % (what, _describe(spec)))
+                   or "assert_fresh_read: the %s request %s failed: %s" % (what, _describe(spec), e))
+    pytest.fail(message, pytrace=False)
 
 
 def _header(headers: dict, name: str) -> str:
@@ -207,7 +336,9 @@ def _run_outside(uri: str, statements: List[str]) -> None:
     """Run *statements* as another process would: a new connection, autocommit."""
     from sqlobject.dbconnection import dbConnectionForScheme
 
-    connection = dbConnectionForScheme(uri.split(":", 1)[0]).connectionFromURI(uri)
+    from ._uri import _normalize
+
+    connection = dbConnectionForScheme(uri.split(":", 1)[0]).connectionFromURI(_normalize(uri))
     try:
         for sql in statements:
             connection.query(sql)
@@ -319,16 +450,36 @@ def _counting(original):
 
 def _forget_cached_method() -> None:
     # A scope's transaction keeps the methods it looked up (ScopeTransaction.
-    # __getattr__); one already open on this thread must look _executeRetry up
-    # again to be counted.
+    # __getattr__); every one already open, on any thread, must look
+    # _executeRetry up again to be counted.
+    from . import _metrics
+    from ._tx import ScopeTransaction
+
+    for scope in list(_metrics._open):
+        scope.tx.__dict__.pop("_executeRetry", None)
+    for connection in _thread_connections().values():
+        if isinstance(connection, ScopeTransaction):
+            connection.__dict__.pop("_executeRetry", None)
+
+
+def _thread_connections(hub=None) -> dict:
+    """``threadConnection`` of every thread that set one: {thread's dict id: connection}.
+
+    A ``threading.local`` has no public list of its threads; CPython's keeps
+    each thread's dict among its references, which is all a test helper needs.
+    """
+    import gc
+
     from sqlobject import sqlhub
 
-    from .core import current_scope
-
-    scope = current_scope()
-    for tx in (scope.tx if scope else None, getattr(sqlhub.threadingLocal, "connection", None)):
-        if tx is not None and "_executeRetry" in getattr(tx, "__dict__", {}):
-            del tx.__dict__["_executeRetry"]
+    local = (sqlhub if hub is None else hub).threadingLocal
+    found = {}
+    for referent in gc.get_referents(local):
+        if isinstance(referent, dict):
+            for value in referent.values():
+                if isinstance(value, dict) and "connection" in value:
+                    found[id(value)] = value["connection"]
+    return found
 
 
 # -- assert_scope_closed ---------------------------------------------------------------
@@ -340,8 +491,13 @@ def assert_scope_closed(hub=None) -> None:
     Checks, in order: no scope open on this thread (``current_scope()``), none
     open in the process (``open_scopes()``), ``hub.threadConnection`` not a
     transaction (finished or not) and not ``None``, ``hub.processConnection``
-    not a transaction.  *hub* defaults to SQLObject's ``sqlhub``.  Nothing is
-    cleaned up: a failure leaves the state as it found it, to be inspected.
+    not a transaction, no other thread's ``threadConnection`` a transaction,
+    and no unfinished transaction left holding a connection without being
+    bound anywhere (on PostgreSQL: a session idle in transaction).  *hub*
+    defaults to SQLObject's ``sqlhub``.  Nothing is cleaned up: a failure
+    leaves the state as it found it, to be inspected.  A transaction an
+    earlier test dropped is reported too until the garbage collector ends it
+    (``gc.collect()`` first, if that test is not yours to fix).
     """
     __tracebackhide__ = True
     from sqlobject import sqlhub
@@ -373,5 +529,45 @@ def assert_scope_closed(hub=None) -> None:
     if isinstance(process_connection, Transaction):
         problems.append("processConnection is a transaction (%r): every thread shares it"
                         % (process_connection,))
+    bound = {id(thread_connection), id(process_connection)}
+    for key, connection in _thread_connections(hub).items():
+        if key == id(hub.threadingLocal.__dict__):
+            continue
+        bound.add(id(connection))
+        if isinstance(connection, Transaction):
+            state = "a finished transaction" if connection._obsolete else "a transaction nobody will end"
+            problems.append("another thread's threadConnection is %s (%r): its next request uses it"
+                            % (state, connection))
+    from . import _metrics
+
+    in_scopes = {id(scope.tx) for scope in list(_metrics._open)}
+    for tx in _open_transactions():
+        if id(tx) not in bound and id(tx) not in in_scopes:
+            problems.append("a transaction bound to no thread still holds a connection%s (%r): nothing will "
+                            "end it but the garbage collector" % (_server_state(tx), tx))
     if problems:
         pytest.fail("assert_scope_closed: " + "; ".join(problems), pytrace=False)
+
+
+def _open_transactions() -> list:
+    """Every unfinished SQLObject transaction of the process that holds a driver connection."""
+    import gc
+
+    from sqlobject.dbconnection import Transaction
+
+    found = []
+    for obj in gc.get_objects():
+        if isinstance(obj, Transaction):
+            state = obj.__dict__
+            if not state.get("_obsolete", True) and (state.get("_connection") or state.get("_raw")):
+                found.append(obj)
+    return found
+
+
+def _server_state(tx) -> str:
+    """", in a transaction on the server" when the driver can tell, else ""."""
+    raw = tx.__dict__.get("_raw") or tx.__dict__.get("_connection")
+    status = getattr(getattr(raw, "info", None), "transaction_status", None)  # psycopg 3
+    if status is None and hasattr(raw, "get_transaction_status"):  # psycopg2
+        status = raw.get_transaction_status()
+    return ", in a transaction on the server" if status is not None and int(status) in (2, 3) else ""
