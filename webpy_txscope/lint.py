@@ -131,8 +131,10 @@ class _Context:
             return False
         path = module.path
         if self.project is not None:
+            # From the project root's own name down: a tests/ directory
+            # without __init__.py is a project root itself.
             try:
-                path = path.relative_to(self.project.root)
+                path = path.relative_to(self.project.root.parent)
             except ValueError:
                 pass
         name = path.name
@@ -228,7 +230,10 @@ def _aliases(ctx: _Context, module: Module, call: ast.Call) -> list[tuple[Module
         for other in [module, *ctx.importers(module)]:
             for caller in other.calls:
                 target = _function(ctx, other, caller.func)
-                if target is not None and target[1] is function:
+                # Compared by place: the checked module's tree is not the one
+                # read from disk for the other modules.
+                if target is not None and _same(target[0], module) and (
+                        target[1].lineno, target[1].name) == (function.lineno, function.name):
                     found.extend((other, t) for t in other.targets_of(caller))
     if function is None:
         for other in ctx.importers(module):
@@ -242,7 +247,7 @@ def _aliases(ctx: _Context, module: Module, call: ast.Call) -> list[tuple[Module
 
 
 def _same(first: Module | None, second: Module) -> bool:
-    return first is not None and first.path is not None and first.path == second.path
+    return first is not None and first.path == second.path
 
 
 def _protects(ctx: _Context, module: Module, app: str) -> bool:

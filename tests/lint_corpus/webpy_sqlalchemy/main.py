@@ -26,6 +26,22 @@ def load_sqlalchemy(handler):
         web.ctx.orm.close()
 
 
+def load_sqlalchemy_flagged(handler):
+    session = scoped_session(sessionmaker(bind=engine))
+    failed = True
+    try:
+        result = handler()
+        failed = False
+        return result
+    finally:
+        if failed:
+            session.rollback()
+        else:
+            session.commit()
+        session.close()
+
+
 app = web.application(("/", "Index"), globals())
 app.add_processor(load_sqlalchemy)
+app.add_processor(load_sqlalchemy_flagged)
 application = app.wsgifunc()

@@ -1,10 +1,11 @@
-"""A library's own test: no application, the cache switched off to test reads
-(the shape of SQLObject's tests/test_cache.py)."""
+"""A library's own test: it builds an application around a model whose cache
+is switched off on purpose (the shape of SQLObject's tests/test_cache.py)."""
+import web
 from sqlobject import SQLObject, StringCol, connectionForURI
 
 
 class Counter(SQLObject):
-    _connection = connectionForURI("sqlite:/:memory:")
+    _connection = connectionForURI("sqlite:/:memory:?cache=0")
 
     class sqlmeta:
         cacheValues = False
@@ -12,6 +13,14 @@ class Counter(SQLObject):
     name = StringCol()
 
 
+class Index:
+    def GET(self):
+        return Counter.get(1).name
+
+
+app = web.application(("/", "Index"), globals())
+
+
 def check_reads_are_fresh():
     Counter.createTable()
-    assert Counter(name="a").name == "a"
+    assert app.request("/").data == Counter(name="a").name.encode()

@@ -1,6 +1,6 @@
 import web
 
-from app import models
+from app import history, models  # noqa: F401
 
 urls = ("/create", "Create")
 app = web.application(urls, locals())
