@@ -83,6 +83,7 @@ _FACTORIES = frozenset({"txscope", "TxScopeMiddleware"})
 _STATUS_WORDS = frozenset({"status", "_InternalError", "InternalError", "internalerror"})
 _NO_CACHE_URI = re.compile(r"[?&;]cache=(?:0|false|no|off)\b", re.I)
 _TEST_DIRECTORIES = frozenset({"test", "tests", "testing"})
+_BIG_VALUE_COLUMNS = frozenset({"BLOBCol", "PickleCol"})
 _DEPTH = 4  # how far factories, re-exports and helper calls are followed
 
 
@@ -389,8 +390,15 @@ def _txs103_cache_values_off(ctx: _Context) -> Iterator[Finding]:
     message = ("cacheValues = False avoids stale reads by fetching every attribute "
                "on each access, which is slow; remove it and scope each request "
                "with app.add_processor(txscope(URI))")
+    # cacheValues = False on a model with large BLOB/pickle columns keeps big
+    # values out of memory: a memory choice, not a staleness workaround.
+    big_values = {id(s) for model in ast.walk(module.tree) if isinstance(model, ast.ClassDef)
+                  and any(isinstance(c, ast.Assign) and isinstance(c.value, ast.Call)
+                          and (dotted(c.value.func) or "").split(".")[-1] in _BIG_VALUE_COLUMNS
+                          for c in model.body)
+                  for s in model.body}
     for node in ast.walk(module.tree):
-        if isinstance(node, ast.ClassDef) and node.name == "sqlmeta":
+        if isinstance(node, ast.ClassDef) and node.name == "sqlmeta" and id(node) not in big_values:
             for statement in node.body:
                 if (isinstance(statement, (ast.Assign, ast.AnnAssign))
                         and isinstance(statement.value, ast.Constant)
@@ -465,12 +473,28 @@ def _txs105_commit_on_any_exception(ctx: _Context) -> Iterator[Finding]:
                     "success (txscope(URI) does this per request)")
 
 
+def _catches_everything(handler: ast.ExceptHandler) -> bool:
+    return handler.type is None or (isinstance(handler.type, ast.Name)
+                                    and handler.type.id == "BaseException")
+
+
+def _is_rollback(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "rollback")
+
+
 def _txs106_commit_in_finally(ctx: _Context) -> Iterator[Finding]:
     module = ctx.module
     if module.tree is None or not _handles_requests(ctx):
         return
     for node in ast.walk(module.tree):
         if not isinstance(node, ast.Try) and type(node).__name__ != "TryStar":
+            continue
+        # After a catch-all handler rolled back, the transaction is finished
+        # and the commit in `finally:` commits nothing (SQLObject ignores a
+        # second commit): it only commits the success path.
+        if any(_catches_everything(h) and any(_is_rollback(n) for n in walk_body(h.body))
+               for h in node.handlers):
             continue
         for statement in node.finalbody:
             # A conditional commit chose on purpose; only a blind one is wrong.
@@ -480,9 +504,10 @@ def _txs106_commit_in_finally(ctx: _Context) -> Iterator[Finding]:
                 if is_commit(inner):
                     yield Finding(
                         inner.lineno, inner.col_offset, "TXS106",
-                        "commit in `finally:` runs after a failure too, so it commits "
-                        "half-done writes; commit in `else:` after success and roll "
-                        "back on error (txscope(URI) does this per request)")
+                        "commit in `finally:` runs after a failure that no `except:` "
+                        "rolled back, so it commits half-done writes; commit in "
+                        "`else:` after success and roll back on any error "
+                        "(txscope(URI) does this per request)")
 
 
 def _txs107_model_with_own_connection(ctx: _Context) -> Iterator[Finding]:

@@ -21,12 +21,10 @@ parse: TXS100 (a file that does not parse) is reported, not scored.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,15 +137,33 @@ def _git_dir(snapshots: Path, repo: str) -> Path:
                      f"(git clone --bare https://github.com/{repo} {base})")
 
 
+def export_python_files(git_dir: Path, commit: str, target: Path, under: str = "") -> None:
+    """Write the commit's ``*.py`` files (under ``under``) into ``target``.
+
+    Snapshots may lack big blobs (test data): those files are skipped.
+    """
+    listing = subprocess.run(
+        ["git", "--git-dir", str(git_dir), "ls-tree", "-r", "-z", commit, "--", under or "."],
+        capture_output=True, check=True).stdout.decode().split("\0")
+    for entry in filter(None, listing):
+        meta, path = entry.split("\t", 1)
+        mode, kind, blob = meta.split()
+        if kind != "blob" or not path.endswith(".py") or mode == "120000":
+            continue
+        content = subprocess.run(["git", "--git-dir", str(git_dir), "cat-file", "blob", blob],
+                                 capture_output=True)
+        if content.returncode == 0:
+            destination = target / Path(path).relative_to(under or ".")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(content.stdout)
+
+
 def real(snapshots: Path) -> list[tuple[str, Score]]:
     scores = []
     for project in json.loads(REAL.read_text())["projects"]:
         git_dir = _git_dir(snapshots, project["repo"])
         with tempfile.TemporaryDirectory() as tmp:
-            archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", project["commit"]],
-                                     capture_output=True, check=True).stdout
-            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                tar.extractall(tmp, filter="data")
+            export_python_files(git_dir, project["commit"], Path(tmp), project.get("under", ""))
             expected = {(e["path"], e["line"], e["code"]) for e in project["expected"]}
             score = Score()
             score.add(expected, findings(Path(tmp)))

@@ -1,5 +1,6 @@
 import web
 
+from blobs import StatsBlob  # noqa: F401
 from models import Product  # noqa: F401
 from webpy_txscope import txscope
 

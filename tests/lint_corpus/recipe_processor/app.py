@@ -29,7 +29,7 @@ def load_sqlo(handler=None):
         trans.begin()
         raise
     finally:
-        trans.commit(close=True)  # expect: TXS106
+        trans.commit(close=True)
 
 
 class Index:

@@ -20,7 +20,7 @@ def load_sqla(handler):
         web.ctx.orm.rollback()
         raise
     finally:
-        web.ctx.orm.commit()  # expect: TXS106
+        web.ctx.orm.commit()
 
 
 urls = ("/(.*)", "Home")
