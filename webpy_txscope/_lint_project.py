@@ -19,7 +19,7 @@ import os
 import re
 import tokenize
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TypeGuard
 
 APPLICATION_CLASSES = frozenset(
     {"application", "auto_application", "subdir_application", "subdomain_application"}
@@ -31,10 +31,11 @@ SQLOBJECT_PACKAGES = frozenset({"sqlobject", "webpy_txscope"})
 # module and what it imports, but not who imports it.
 MAX_PROJECT_FILES = 3000
 
-_TEXT_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(?P<from>[.\w]+)[ \t]+import|import[ \t]+(?P<mods>[\w. \t,]+))",
-                          re.M)
-_TEXT_SQLOBJECT = re.compile(r"^[ \t]*(?:from|import)[ \t]+(?:sqlobject|webpy_txscope)\b|\(\s*SQLObject\s*\)|\bsqlhub\b",
-                             re.M)
+# What an unparseable file imports and whether it uses SQLObject, from its text.
+_TEXT_IMPORT = re.compile(
+    r"^[ \t]*(?:from[ \t]+(?P<from>[.\w]+)[ \t]+import|import[ \t]+(?P<mods>[\w. \t,]+))", re.M)
+_TEXT_SQLOBJECT = re.compile(
+    r"^[ \t]*(?:from|import)[ \t]+(?:sqlobject|webpy_txscope)\b|\(\s*SQLObject\s*\)|\bsqlhub\b", re.M)
 
 
 def dotted(node: ast.AST | None) -> str | None:
@@ -85,7 +86,7 @@ def walk_body(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
         stack.extend(ast.iter_child_nodes(node))
 
 
-def is_commit(node: ast.AST) -> bool:
+def is_commit(node: ast.AST) -> TypeGuard[ast.Call]:
     return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and node.func.attr == "commit")
 

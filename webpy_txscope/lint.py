@@ -81,9 +81,12 @@ _FACTORIES = frozenset({"txscope", "TxScopeMiddleware"})
 # Names whose presence in an except block means it tells a crash (5xx) from
 # a deliberate HTTP answer, as the TXS104 message recommends.
 _STATUS_WORDS = frozenset({"status", "_InternalError", "InternalError", "internalerror"})
+# A print statement or `except E, name:`: the commonest reasons old code fails to parse.
+_PYTHON2 = re.compile(r"^\s*print\s+[^(=\s]|except\s+[\w.]+\s*,\s*\w+\s*:", re.M)
 _NO_CACHE_URI = re.compile(r"[?&;]cache=(?:0|false|no|off)\b", re.I)
 _TEST_DIRECTORIES = frozenset({"test", "tests", "testing"})
 _BIG_VALUE_COLUMNS = frozenset({"BLOBCol", "PickleCol"})
+_TRY_NODES = (ast.Try, getattr(ast, "TryStar", ast.Try))  # try/except* from Python 3.11
 _DEPTH = 4  # how far factories, re-exports and helper calls are followed
 
 
@@ -488,7 +491,7 @@ def _txs106_commit_in_finally(ctx: _Context) -> Iterator[Finding]:
     if module.tree is None or not _handles_requests(ctx):
         return
     for node in ast.walk(module.tree):
-        if not isinstance(node, ast.Try) and type(node).__name__ != "TryStar":
+        if not isinstance(node, _TRY_NODES):
             continue
         # After a catch-all handler rolled back, the transaction is finished
         # and the commit in `finally:` commits nothing (SQLObject ignores a
@@ -548,10 +551,11 @@ def _txs108_connection_cache_off(ctx: _Context) -> Iterator[Finding]:
                         and not keyword.value.value):
                     yield Finding(node.lineno, node.col_offset, "TXS108",
                                   message.format(what=f"{name}(..., cache={keyword.value.value!r})"))
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
-              and ":" in node.value and _NO_CACHE_URI.search(node.value)):
-            yield Finding(node.lineno, node.col_offset, "TXS108",
-                          message.format(what=f"{_NO_CACHE_URI.search(node.value)[0][1:]!r} in a URI"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
+            match = _NO_CACHE_URI.search(node.value)
+            if match is not None:
+                yield Finding(node.lineno, node.col_offset, "TXS108",
+                              message.format(what=f"{match[0][1:]!r} in a URI"))
 
 
 _RULES = (
@@ -623,8 +627,7 @@ def check_path(path: str | os.PathLike[str]) -> list[Finding]:
     try:
         return check_source(source, os.fspath(path))
     except SyntaxError as error:
-        hint = " (Python 2 code?)" if re.search(r"^\s*print\s+[^(=\s]|except\s+\w+\s*,\s*\w+\s*:",
-                                                   source, re.M) else ""
+        hint = " (Python 2 code?)" if _PYTHON2.search(source) else ""
         return _without_noqa([Finding(
             error.lineno or 1, max((error.offset or 1) - 1, 0), "TXS100",
             f"cannot parse this file{hint}: SyntaxError: {error.msg}; it was not "
