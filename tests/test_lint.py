@@ -82,6 +82,10 @@ def test_txs101_processor_built_by_a_factory_counts():
     assert found("protected_by_factory") == set()
 
 
+def test_txs101_processor_star_imported_from_the_models_module_counts():
+    assert found("protected_by_star_import") == set()
+
+
 def test_txs101_application_protected_in_another_module_counts():
     assert_case("protected_in_other_module")
     assert found("protected_in_other_module") == set()
@@ -194,6 +198,11 @@ def test_txs108_connection_cache_off_as_a_staleness_workaround():
     assert ("ictv/database.py", 23, "TXS108") in found("app_factory_cache_off")
     assert ("app.py", 5, "TXS108") in found("cache_param_uri")
     assert_case("cache_param_uri")
+
+
+def test_txs108_not_for_a_url_that_is_not_a_database_connection():
+    # app.py's redis:// URL carries cache=0 too.
+    assert not {f for f in found("protected_by_star_import") if f[2] == "TXS108"}
 
 
 @pytest.mark.parametrize("case", ["sqlobject_cgi", "sqlobject_flask",

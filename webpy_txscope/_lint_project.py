@@ -107,14 +107,12 @@ class Module:
         self.bindings: dict[int, list[str]] = {}  # id(value) -> dotted targets
         self.assigned: dict[str, list[ast.AST]] = {}  # dotted target -> values
         self.functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
-        self.parents: dict[int, ast.AST] = {}
+        self._parents: dict[int, ast.AST] | None = None
         self.sqlobject_direct = False
         if tree is None:
             self._note_text(text)
             return
         for node in ast.walk(tree):
-            for child in ast.iter_child_nodes(node):
-                self.parents[id(child)] = node
             self._note(node)
 
     def _note_text(self, text: str) -> None:
@@ -206,11 +204,15 @@ class Module:
         return self.bindings.get(id(value), [])
 
     def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-        current = self.parents.get(id(node))
+        if self._parents is None:
+            # Built on first use: most modules are never asked.
+            self._parents = {id(child): parent for parent in ast.walk(self.tree or ast.Module())
+                             for child in ast.iter_child_nodes(parent)}
+        current = self._parents.get(id(node))
         while current is not None:
             if isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 return current
-            current = self.parents.get(id(current))
+            current = self._parents.get(id(current))
         return None
 
     def imports_web(self) -> bool:

@@ -83,6 +83,9 @@ _FACTORIES = frozenset({"txscope", "TxScopeMiddleware"})
 _STATUS_WORDS = frozenset({"status", "_InternalError", "InternalError", "internalerror"})
 # A print statement or `except E, name:`: the commonest reasons old code fails to parse.
 _PYTHON2 = re.compile(r"^\s*print\s+[^(=\s]|except\s+[\w.]+\s*,\s*\w+\s*:", re.M)
+# The schemes connectionForURI knows: a redis:// or http:// URL is not a connection.
+_SQLOBJECT_URI = re.compile(r"(?:sqlite|postgres(?:ql)?|pgsql|psycopg2?|mysql|firebird|interbase|maxdb|sapdb|"
+                            r"mssql|sybase|rdbhost)(?:\+\w+)?:", re.I)
 _NO_CACHE_URI = re.compile(r"[?&;]cache=(?:0|false|no|off)\b", re.I)
 _TEST_DIRECTORIES = frozenset({"test", "tests", "testing"})
 _BIG_VALUE_COLUMNS = frozenset({"BLOBCol", "PickleCol"})
@@ -219,6 +222,14 @@ def _is_scope(ctx: _Context, module: Module, node: ast.AST, depth: int = 0) -> b
         other = ctx.local_module(module, module_origin) if module_origin else None
         return other is not None and other.tree is not None and _is_scope(
             ctx, other, ast.Name(id=attribute), depth + 1)
+    if "." not in name and name not in module.assigned:
+        # `from db import *`, then add_processor(load_sqlo): look where it came from.
+        for star in module.star_origins:
+            other = ctx.local_module(module, star)
+            if other is not None and other.tree is not None and (
+                    name in other.assigned or name in other.imports) and _is_scope(
+                    ctx, other, ast.Name(id=name), depth + 1):
+                return True
     return False
 
 
@@ -536,7 +547,7 @@ def _txs107_model_with_own_connection(ctx: _Context) -> Iterator[Finding]:
 
 def _txs108_connection_cache_off(ctx: _Context) -> Iterator[Finding]:
     module = ctx.module
-    if module.tree is None or not ctx.in_application(module):
+    if module.tree is None or not ctx.in_application(module) or not ctx.uses_sqlobject(module):
         return
     message = ("{what} turns the connection's object cache off, a slow workaround "
                "for stale reads (every get() queries again); keep the cache and "
@@ -551,7 +562,7 @@ def _txs108_connection_cache_off(ctx: _Context) -> Iterator[Finding]:
                         and not keyword.value.value):
                     yield Finding(node.lineno, node.col_offset, "TXS108",
                                   message.format(what=f"{name}(..., cache={keyword.value.value!r})"))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQLOBJECT_URI.match(node.value):
             match = _NO_CACHE_URI.search(node.value)
             if match is not None:
                 yield Finding(node.lineno, node.col_offset, "TXS108",
@@ -570,21 +581,26 @@ _RULES = (
 )
 
 
-def _context(tree: ast.Module | None, filename: str | None, text: str = "",
-             error: SyntaxError | None = None) -> _Context:
+def _context(tree: ast.Module, filename: str | None, source: str | None) -> _Context:
     path = Path(filename).resolve() if filename and os.path.isfile(filename) else None
-    project = project_for(path) if path else None
-    return _Context(Module(path, text, tree, error), project)
+    if path is None:
+        return _Context(Module(None, source or "", tree), None)
+    project = project_for(path)
+    cached = project.module(path)
+    if source is not None and cached is not None and cached.text == source and cached.tree:
+        # The file as on disk: the project has parsed it already.
+        return _Context(cached, project)
+    return _Context(Module(path, source or "", tree), project)
 
 
-def check(tree: ast.AST, filename: str | None = None) -> list[Finding]:
+def check(tree: ast.AST, filename: str | None = None, source: str | None = None) -> list[Finding]:
     """All findings for a parsed module, sorted by position.
 
     ``filename`` lets the rules read the other modules of its project from
     disk; noqa comments are not applied here (see :func:`check_source`).
     """
     assert isinstance(tree, ast.Module), "check() takes the tree of a whole module"
-    ctx = _context(tree, filename)
+    ctx = _context(tree, filename, source)
     return sorted(finding for rule in _RULES for finding in rule(ctx))
 
 
@@ -614,7 +630,7 @@ def check_source(source: str, filename: str | None = None) -> list[Finding]:
     Raises SyntaxError if the source does not parse (:func:`check_path`
     reports that as TXS100 instead).
     """
-    return _without_noqa(check(ast.parse(source, filename or "<unknown>"), filename), source)
+    return _without_noqa(check(ast.parse(source, filename or "<unknown>"), filename, source), source)
 
 
 def check_path(path: str | os.PathLike[str]) -> list[Finding]:
