@@ -177,7 +177,7 @@ def test_txs105_commit_on_any_exception():
 
 
 def test_txs106_commit_in_finally():
-    assert found("commit_in_finally") == {("app.py", 19, "TXS106"), ("app.py", 34, "TXS106")}
+    assert found("commit_in_finally") == {("app.py", 20, "TXS106"), ("app.py", 35, "TXS106")}
     assert_case("commit_in_finally")
 
 

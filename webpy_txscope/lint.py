@@ -21,7 +21,8 @@ TXS104  ``.commit(`` inside ``except web.HTTPError`` that does not look at the
         status: the published recipe, which commits crashed requests.
 TXS105  ``.commit(`` inside ``except Exception`` (or ``BaseException``, or a
         bare ``except:``) that does not look at the status.
-TXS106  ``.commit(`` run unconditionally in a ``finally:`` block.
+TXS106  ``.commit(`` run unconditionally in a ``finally:`` block that no
+        ``except Exception`` (or ``BaseException``, or bare) rolled back.
 TXS107  a model of a web.py application with its own ``_connection`` (or a
         module ``__connection__``) that is not a hub: it bypasses the
         per-request transaction.
@@ -487,9 +488,10 @@ def _txs105_commit_on_any_exception(ctx: _Context) -> Iterator[Finding]:
                     "success (txscope(URI) does this per request)")
 
 
-def _catches_everything(handler: ast.ExceptHandler) -> bool:
+def _catches_failures(handler: ast.ExceptHandler) -> bool:
+    """Bare, ``BaseException`` or ``Exception``: every crash of a request."""
     return handler.type is None or (isinstance(handler.type, ast.Name)
-                                    and handler.type.id == "BaseException")
+                                    and handler.type.id in {"Exception", "BaseException"})
 
 
 def _is_rollback(node: ast.AST) -> bool:
@@ -504,10 +506,10 @@ def _txs106_commit_in_finally(ctx: _Context) -> Iterator[Finding]:
     for node in ast.walk(module.tree):
         if not isinstance(node, _TRY_NODES):
             continue
-        # After a catch-all handler rolled back, the transaction is finished
-        # and the commit in `finally:` commits nothing (SQLObject ignores a
-        # second commit): it only commits the success path.
-        if any(_catches_everything(h) and any(_is_rollback(n) for n in walk_body(h.body))
+        # After a handler of every failure rolled back, the transaction is
+        # finished and the commit in `finally:` commits nothing (SQLObject
+        # ignores a second commit): it only commits the success path.
+        if any(_catches_failures(h) and any(_is_rollback(n) for n in walk_body(h.body))
                for h in node.handlers):
             continue
         for statement in node.finalbody:
@@ -518,7 +520,7 @@ def _txs106_commit_in_finally(ctx: _Context) -> Iterator[Finding]:
                 if is_commit(inner):
                     yield Finding(
                         inner.lineno, inner.col_offset, "TXS106",
-                        "commit in `finally:` runs after a failure that no `except:` "
+                        "commit in `finally:` runs after a failure that no `except` "
                         "rolled back, so it commits half-done writes; commit in "
                         "`else:` after success and roll back on any error "
                         "(txscope(URI) does this per request)")

@@ -80,10 +80,12 @@ def findings(root: Path) -> set[Label]:
 class Score:
     expected: set[Label] = field(default_factory=set)
     found: set[Label] = field(default_factory=set)
+    files: int = 0
 
-    def add(self, expected: set[Label], found: set[Label], prefix: str = "") -> None:
+    def add(self, expected: set[Label], found: set[Label], files: int, prefix: str = "") -> None:
         self.expected |= {(prefix + p, n, c) for p, n, c in expected}
         self.found |= {(prefix + p, n, c) for p, n, c in found}
+        self.files += files
 
     def scored(self, labels: set[Label]) -> set[Label]:
         unparsed = {p for p, _, c in self.found if c == "TXS100"}
@@ -116,7 +118,7 @@ class Score:
         lines = [f"{title}: precision {self.precision:.2f} ({len(self.true_positives)}/"
                  f"{len(self.scored(self.found))}), recall {self.recall:.2f} "
                  f"({len(self.true_positives)}/{len(self.scored(self.expected))}); "
-                 f"{len(unparsed)} files do not parse (TXS100, not scored)"]
+                 f"{self.files} files, {len(unparsed)} of which do not parse (TXS100, not scored)"]
         lines += [f"  false positive: {p}:{n} {c}" for p, n, c in sorted(self.false_positives)]
         lines += [f"  missed: {p}:{n} {c}" for p, n, c in sorted(self.false_negatives)]
         return "\n".join(lines)
@@ -124,7 +126,7 @@ class Score:
 
 def synthetic() -> Score:
     score = Score()
-    score.add(manifest(), findings(HERE))
+    score.add(manifest(), findings(HERE), len(corpus_files(HERE)))
     return score
 
 
@@ -166,7 +168,7 @@ def real(snapshots: Path) -> list[tuple[str, Score]]:
             export_python_files(git_dir, project["commit"], Path(tmp), project.get("under", ""))
             expected = {(e["path"], e["line"], e["code"]) for e in project["expected"]}
             score = Score()
-            score.add(expected, findings(Path(tmp)))
+            score.add(expected, findings(Path(tmp)), len(list(python_files(Path(tmp)))))
             scores.append((project["repo"], score))
     return scores
 
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         total = Score()
         for repo, score in real(args.real):
             print(score.report(repo))
-            total.add(score.expected, score.found, prefix=f"{repo}:")
+            total.add(score.expected, score.found, score.files, prefix=f"{repo}:")
         print(total.report("all real projects"))
     else:
         print(synthetic().report("synthetic corpus"))
