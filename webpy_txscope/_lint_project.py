@@ -19,7 +19,10 @@ import os
 import re
 import tokenize
 from pathlib import Path
-from typing import Iterable, Iterator, TypeGuard
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+; annotations are not evaluated
+    from typing import TypeGuard
 
 APPLICATION_CLASSES = frozenset(
     {"application", "auto_application", "subdir_application", "subdomain_application"}
@@ -204,9 +207,11 @@ class Module:
         return self.bindings.get(id(value), [])
 
     def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+        if self.tree is None:
+            return None
         if self._parents is None:
             # Built on first use: most modules are never asked.
-            self._parents = {id(child): parent for parent in ast.walk(self.tree or ast.Module())
+            self._parents = {id(child): parent for parent in ast.walk(self.tree)
                              for child in ast.iter_child_nodes(parent)}
         current = self._parents.get(id(node))
         while current is not None:
