@@ -122,6 +122,19 @@ def test_txs101_not_in_tests():
     assert not [f for f in check_path(test_file) if f.code == "TXS101"]
 
 
+def test_commit_rules_not_in_tests(tmp_path):
+    # SQLObject's own tests: try/finally commit around their fixture data.
+    test = tmp_path / "tests" / "test_joins.py"
+    test.parent.mkdir()
+    test.write_text("from sqlobject import sqlhub\n\ndef test_join():\n"
+                    "    trans = sqlhub.processConnection.transaction()\n    try:\n"
+                    "        assert trans\n    finally:\n        trans.commit(True)\n")
+    assert check_path(test) == []
+    script = test.parent.parent / "job.py"
+    script.write_text(test.read_text())
+    assert [f.code for f in check_path(script)] == ["TXS106"]
+
+
 def test_txs102_import_time_process_connection():
     assert ("bad_txs102_process_connection.py", 8, "TXS102") in found("basics")
     assert_case("basics")

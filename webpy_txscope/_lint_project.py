@@ -272,6 +272,9 @@ def project_root(path: Path) -> Path:
     """The directory a module's absolute imports start from: above its top package."""
     directory = path.resolve().parent
     while (directory / "__init__.py").is_file() and directory.parent != directory:
+        if directory.parent.name in {"site-packages", "dist-packages"}:
+            # An installed package is a project of its own, not its neighbours.
+            return directory
         directory = directory.parent
     return directory
 
@@ -310,9 +313,11 @@ class Project:
                 return None
             roots = [here.parents[level - 2] if level > 1 else here]
         else:
-            # The importer's directory, then each enclosing package's parent.
+            # The importer's directory, then each enclosing package's parent,
+            # never above the project root.
             roots, directory = [here], here
-            while (directory / "__init__.py").is_file() and directory.parent != directory:
+            while ((directory / "__init__.py").is_file() and directory != self.root
+                   and directory.parent != directory):
                 directory = directory.parent
                 roots.append(directory)
             if self.root not in roots:

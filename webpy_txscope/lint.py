@@ -55,8 +55,9 @@ of a protected application is protected.
 "Import time" (TXS102) is code a WSGI server runs when it imports the module:
 everything outside function bodies and outside ``if __name__ == "__main__":``.
 Test files (under ``tests``/``test`` or named ``test_*.py``, ``*_test.py``,
-``conftest.py``) and scripts that no application imports are not part of an
-application, so TXS101, TXS102, TXS103, TXS107 and TXS108 leave them alone.
+``conftest.py``) are not checked beyond TXS100, and scripts that no
+application imports are not part of an application, so TXS101, TXS102,
+TXS103, TXS107 and TXS108 leave them alone.
 
 ``# noqa`` and ``# noqa: TXS103`` on the reported line work as in flake8, in
 both front ends.
@@ -439,6 +440,9 @@ def _status_aware(statements: list[ast.stmt]) -> bool:
 
 
 def _handles_requests(ctx: _Context) -> bool:
+    # A test's try/finally around its own fixture data is not a request's.
+    if ctx.is_test(ctx.module):
+        return False
     return ctx.module.imports_web() or ctx.uses_sqlobject(ctx.module)
 
 
@@ -632,7 +636,13 @@ def check_source(source: str, filename: str | None = None) -> list[Finding]:
     Raises SyntaxError if the source does not parse (:func:`check_path`
     reports that as TXS100 instead).
     """
-    return _without_noqa(check(ast.parse(source, filename or "<unknown>"), filename, source), source)
+    path = Path(filename).resolve() if filename and os.path.isfile(filename) else None
+    cached = project_for(path).module(path) if path else None
+    if cached is not None and cached.text == source and cached.tree is not None:
+        tree = cached.tree  # the file as on disk, parsed once for the whole project
+    else:
+        tree = ast.parse(source, filename or "<unknown>")
+    return _without_noqa(check(tree, filename, source), source)
 
 
 def check_path(path: str | os.PathLike[str]) -> list[Finding]:
