@@ -109,6 +109,13 @@ def test_txs101_application_built_by_a_function_with_a_plain_connection():
     assert_case("app_factory_cache_off")
 
 
+def test_txs101_scope_added_only_when_run_as_a_script_does_not_count():
+    # Built at import time, scoped under `if __name__ == "__main__":` only.
+    assert found("protected_only_as_script") == {("app.py", 15, "TXS101")}
+    # Built and scoped under the guard (webTFEScheduler's adminLTE.py): fine.
+    assert not {f for f in found("recipe_processor") if f[2] == "TXS101"}
+
+
 def test_txs101_hand_written_transaction_processor_counts_as_the_scope():
     assert not {f for f in found("recipe_processor") if f[2] == "TXS101"}
     assert_case("recipe_processor")

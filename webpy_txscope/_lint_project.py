@@ -206,6 +206,15 @@ class Module:
     def targets_of(self, value: ast.AST) -> list[str]:
         return self.bindings.get(id(value), [])
 
+    @functools.cached_property
+    def main_guarded(self) -> frozenset[int]:
+        """Nodes that run only when the module runs as a script."""
+        if self.tree is None:
+            return frozenset()
+        return frozenset(id(n) for statement in self.tree.body
+                         if isinstance(statement, ast.If) and is_main_guard(statement)
+                         for n in walk_body(statement.body))
+
     def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
         if self.tree is None:
             return None

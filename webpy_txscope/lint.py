@@ -49,8 +49,10 @@ of a function that returns one of these (a factory), or a function that opens
 ``web.loadhook``); or ``TxScopeMiddleware`` wrapping ``<app>.wsgifunc()``.
 ``<app>`` is every name the application goes by: the name it was assigned
 to, the name another module imports it as, and the name a caller binds when a
-function builds and returns it.  A sub-application mounted in the URL mapping
-of a protected application is protected.
+function builds and returns it.  A scope added under ``if __name__ ==
+"__main__":`` only protects an application built there too.  A
+sub-application mounted in the URL mapping of another application is judged
+with that application.
 
 "Import time" (TXS102) is code a WSGI server runs when it imports the module:
 everything outside function bodies and outside ``if __name__ == "__main__":``.
@@ -267,10 +269,19 @@ def _same(first: Module | None, second: Module) -> bool:
     return first is not None and first.path == second.path
 
 
-def _protects(ctx: _Context, module: Module, app: str) -> bool:
+def _protects(ctx: _Context, module: Module, app: str, script_only: bool) -> bool:
+    """Is ``app`` given a scope in ``module``?
+
+    Under ``if __name__ == "__main__":`` a scope only protects an application
+    that is also built there (``script_only``): one built at import time is
+    served by WSGI servers without it.
+    """
     wrapped: list[ast.AST] = []
     wsgifuncs: list[ast.Call] = []
+    guarded = module.main_guarded
     for call in module.calls:
+        if id(call) in guarded and not script_only:
+            continue
         func = call.func
         if module.refers_to(func, "webpy_txscope", {"TxScopeMiddleware"}):
             for arg in call.args + [k.value for k in call.keywords]:
@@ -329,7 +340,9 @@ def _protected(ctx: _Context, module: Module, call: ast.Call) -> bool:
         if module.refers_to(node.func, "webpy_txscope", {"TxScopeMiddleware"}) and any(
                 n is call for arg in node.args for n in ast.walk(arg)):
             return True
-    return any(_protects(ctx, other, name) for other, name in _aliases(ctx, module, call))
+    script_only = id(call) in module.main_guarded
+    return any(_protects(ctx, other, name, script_only and other.path == module.path)
+               for other, name in _aliases(ctx, module, call))
 
 
 # --- Rules: one function each, taking the context, yielding findings. ---
