@@ -19,7 +19,7 @@ import os
 import re
 import tokenize
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+; annotations are not evaluated
     from typing import TypeGuard
@@ -36,7 +36,8 @@ MAX_PROJECT_FILES = 3000
 
 # What an unparseable file imports and whether it uses SQLObject, from its text.
 _TEXT_IMPORT = re.compile(
-    r"^[ \t]*(?:from[ \t]+(?P<from>[.\w]+)[ \t]+import|import[ \t]+(?P<mods>[\w. \t,]+))", re.M)
+    r"^[ \t]*(?:from[ \t]+(?P<from>[.\w]+)[ \t]+import[ \t]*(?P<names>\([^)]*\)|[^\n#;]*)"
+    r"|import[ \t]+(?P<mods>[\w. \t,]+))", re.M)
 _TEXT_SQLOBJECT = re.compile(
     r"^[ \t]*(?:from|import)[ \t]+(?:sqlobject|webpy_txscope)\b|\(\s*SQLObject\s*\)|\bsqlhub\b", re.M)
 
@@ -119,10 +120,17 @@ class Module:
             self._note(node)
 
     def _note_text(self, text: str) -> None:
-        self.sqlobject_direct = bool(_TEXT_SQLOBJECT.search(text))
+        self.sqlobject_direct = any(w in text for w in ("sqlobject", "SQLObject", "sqlhub", "webpy_txscope")) and bool(
+            _TEXT_SQLOBJECT.search(text))
         for match in _TEXT_IMPORT.finditer(text):
             if match["from"]:
-                self.imported_modules.append(match["from"])
+                origin = match["from"]
+                self.imported_modules.append(origin)
+                separator = "" if origin.strip(".") == "" else "."
+                for name in match["names"].strip("()").split(","):
+                    name = name.split()[0] if name.split() else ""
+                    if name and name != "*":
+                        self.imported_modules.append(f"{origin}{separator}{name}")
             else:
                 self.imported_modules.extend(
                     m.split()[0] for m in match["mods"].split(",") if m.strip())
@@ -259,6 +267,28 @@ def load(path: Path) -> Module | None:
         return None
 
 
+@functools.lru_cache(maxsize=8192)
+def _sketch_cached(path: str, mtime_ns: int) -> Module:
+    try:
+        with tokenize.open(path) as handle:
+            text = handle.read()
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        text = ""
+    return Module(Path(path), text, None)
+
+
+def sketch(path: Path) -> Module | None:
+    """A module's text facts only (imports, SQLObject by regex): no parse.
+
+    What the project needs of every file (the import graph); a file is parsed
+    only when a rule looks into it.
+    """
+    try:
+        return _sketch_cached(str(path), os.stat(path).st_mtime_ns)
+    except OSError:
+        return None
+
+
 def _is_skipped_directory(path: Path) -> bool:
     return (path.name.startswith(".") or path.name in {"__pycache__", "site-packages", "node_modules"}
             or (path / "pyvenv.cfg").is_file())
@@ -289,7 +319,7 @@ def project_root(path: Path) -> Path:
 
 
 class Project:
-    """The modules under one root, and the local imports between them."""
+    """The files under one root, and the local imports between them."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -299,16 +329,9 @@ class Project:
                 break
             files.append(path.resolve())
         self.files = files
-        self._imports: dict[tuple[Path | None, int], list[Module]] = {}
 
     def module(self, path: Path) -> Module | None:
         return load(path)
-
-    def modules(self) -> Iterator[Module]:
-        for path in self.files:
-            module = self.module(path)
-            if module is not None:
-                yield module
 
     def resolve(self, importer: Module, origin: str) -> Path | None:
         """The local source file an import refers to, if there is one."""
@@ -316,7 +339,7 @@ class Project:
             return None
         stripped = origin.lstrip(".")
         level = len(origin) - len(stripped)
-        here = importer.path.resolve().parent
+        here = importer.path.parent  # already resolved
         if level:
             if level - 2 >= len(here.parents):
                 return None
@@ -339,55 +362,76 @@ class Project:
             base = root.joinpath(*parts)
             for candidate in (base.with_suffix(".py") if parts else None, base / "__init__.py"):
                 if candidate is not None and candidate.is_file():
-                    return candidate.resolve()
+                    return candidate
         return None
 
     def local_module(self, importer: Module, origin: str) -> Module | None:
         found = self.resolve(importer, origin)
         return self.module(found) if found else None
 
-    def local_imports(self, module: Module) -> list[Module]:
-        key = (module.path, id(module.tree))
-        if key not in self._imports:
-            self._imports[key] = self._find_local_imports(module)
-        return self._imports[key]
+    def local_paths(self, module: Module) -> set[Path]:
+        """The local files a module imports."""
+        found = (self.resolve(module, origin) for origin in module.imported_modules)
+        return {f for f in found if f is not None and f != module.path}
 
-    def _find_local_imports(self, module: Module) -> list[Module]:
-        found: list[Module] = []
-        for origin in module.imported_modules:
-            other = self.local_module(module, origin)
-            if (other is not None and other.path != module.path
-                    and all(f.path != other.path for f in found)):
-                found.append(other)
-        return found
+    @functools.cached_property
+    def _edges(self) -> dict[Path, frozenset[Path]]:
+        """Local imports between the project's files, read from their text."""
+        edges: dict[Path, frozenset[Path]] = {}
+        for path in self.files:
+            text = sketch(path)
+            if text is not None:
+                found = (self.resolve(text, origin) for origin in text.imported_modules)
+                edges[path] = frozenset(f for f in found if f is not None and f != path)
+        return edges
 
-    def closure(self, start: Iterable[Module]) -> list[Module]:
-        """The modules given and everything they import locally, transitively."""
-        seen: dict[object, Module] = {}
+    @functools.cached_property
+    def _reverse_edges(self) -> dict[Path, list[Path]]:
+        reverse: dict[Path, list[Path]] = {}
+        for path, imported in self._edges.items():
+            for other in imported:
+                reverse.setdefault(other, []).append(path)
+        return reverse
+
+    def _reach(self, start: Iterable[Path], edges: dict[Path, Any]) -> frozenset[Path]:
+        seen: set[Path] = set()
         stack = list(start)
         while stack:
-            module = stack.pop()
-            key = module.path or id(module)
-            if key in seen:
-                continue
-            seen[key] = module
-            stack.extend(self.local_imports(module))
-        return list(seen.values())
+            path = stack.pop()
+            if path not in seen:
+                seen.add(path)
+                stack.extend(edges.get(path, ()))
+        return frozenset(seen)
 
     @functools.cached_property
     def application_modules(self) -> list[Module]:
-        return [m for m in self.modules() if m.tree is not None and m.application_calls()]
+        candidates = (p for p in self.files if "application" in getattr(sketch(p), "text", ""))
+        return [m for m in map(self.module, candidates)
+                if m is not None and m.tree is not None and m.application_calls()]
 
     @functools.cached_property
     def web_paths(self) -> frozenset[Path]:
         """Files a web.py application runs: the modules that build one and all they import."""
-        return frozenset(m.path for m in self.closure(self.application_modules) if m.path)
+        return self._reach((m.path for m in self.application_modules if m.path), self._edges)
 
-    def importers(self, target: Module) -> Iterator[Module]:
-        for module in self.modules():
-            if module.path != target.path and any(
-                    other.path == target.path for other in self.local_imports(module)):
-                yield module
+    def importers(self, target: Module) -> list[Module]:
+        """The project's modules that import ``target``."""
+        if target.path is None:
+            return []
+        found = (self.module(p) for p in self._reverse_edges.get(target.path, []) if p != target.path)
+        return [m for m in found if m is not None]
+
+    @functools.cached_property
+    def sqlobject_paths(self) -> frozenset[Path]:
+        """Files that use SQLObject themselves or through what they import, transitively."""
+        seeds = []
+        for path in self.files:
+            text = sketch(path)
+            if text is not None and text.sqlobject_direct:  # a cheap test first, then the parse
+                module = self.module(path)
+                if module is not None and module.sqlobject_direct:
+                    seeds.append(path)
+        return self._reach(seeds, self._reverse_edges)
 
 
 @functools.lru_cache(maxsize=64)

@@ -120,14 +120,15 @@ class _Context:
         return self.project.local_module(module, origin) if self.project else None
 
     def importers(self, module: Module) -> list[Module]:
-        return list(self.project.importers(module)) if self.project and module.path else []
+        return self.project.importers(module) if self.project else []
 
     def uses_sqlobject(self, module: Module) -> bool:
         if module.sqlobject_direct:
             return True
         if self.project is None:
             return False
-        return any(m.sqlobject_direct for m in self.project.closure([module]))
+        # The checked module's own imports: it may differ from the file on disk.
+        return bool(self.project.local_paths(module) & self.project.sqlobject_paths)
 
     def in_application(self, module: Module) -> bool:
         """Does a web.py application run this module (and is it not a test)?"""
