@@ -2,14 +2,16 @@
 
 A :class:`Module` holds the facts of one file, gathered in one walk; a
 :class:`Project` is the directory tree a file belongs to, with the local import
-graph between its modules.  The rules in :mod:`webpy_txscope.lint` ask these
-two questions such as "which function does this name refer to" or "is this
-module imported by a web.py application", so that a model, a connection or a
+graph between its files.  The rules in :mod:`webpy_txscope.lint` ask them
+questions such as "which function does this name refer to" or "is this module
+imported by a web.py application", so that a model, a connection or a
 protection written in one module counts for the others.
 
-A file that does not parse (Python 2, newer syntax) still takes part: its
-imports and whether it uses SQLObject are read from its text with regular
-expressions, so one unparseable module never hides what the others show.
+The graph is read from each file's text (its import lines), so a project is
+indexed without parsing every file; a file is parsed when a rule looks into
+it.  A file that does not parse (Python 2, newer syntax) still takes part the
+same way: its imports and whether it uses SQLObject come from its text, so one
+unparseable module never hides what the others show.
 """
 from __future__ import annotations
 
@@ -34,12 +36,12 @@ SQLOBJECT_PACKAGES = frozenset({"sqlobject", "webpy_txscope"})
 # module and what it imports, but not who imports it.
 MAX_PROJECT_FILES = 3000
 
-# What an unparseable file imports and whether it uses SQLObject, from its text.
+# What a file imports and whether it uses SQLObject, from its text (see the module docstring).
 _TEXT_IMPORT = re.compile(
     r"^[ \t]*(?:from[ \t]+(?P<from>[.\w]+)[ \t]+import[ \t]*(?P<names>\([^)]*\)|[^\n#;]*)"
     r"|import[ \t]+(?P<mods>[\w. \t,]+))", re.M)
 _TEXT_SQLOBJECT = re.compile(
-    r"^[ \t]*(?:from|import)[ \t]+(?:sqlobject|webpy_txscope)\b|\(\s*SQLObject\s*\)|\bsqlhub\b", re.M)
+    r"^[ \t]*(?:from|import)[ \t]+(?:sqlobject|webpy_txscope)\b|\(\s*[\w.]*SQLObject\b|\bsqlhub\b", re.M)
 
 
 def dotted(node: ast.AST | None) -> str | None:
@@ -170,7 +172,8 @@ class Module:
             # looked up by name from the factory's return statement.
             self.functions.setdefault(node.name, node)
         elif isinstance(node, ast.ClassDef):
-            if any((dotted(b) or "").split(".")[-1] == "SQLObject" for b in node.bases):
+            # SQLObject, InheritableSQLObject, so.SQLObject
+            if any((dotted(b) or "").endswith("SQLObject") for b in node.bases):
                 self.sqlobject_direct = True
         if (isinstance(node, ast.Name) and node.id == "sqlhub") or (
                 isinstance(node, ast.Attribute) and node.attr == "sqlhub"):
