@@ -57,9 +57,9 @@ with that application.
 "Import time" (TXS102) is code a WSGI server runs when it imports the module:
 everything outside function bodies and outside ``if __name__ == "__main__":``.
 Test files (under ``tests``/``test`` or named ``test_*.py``, ``*_test.py``,
-``conftest.py``) are not checked beyond TXS100, and scripts that no
-application imports are not part of an application, so TXS101, TXS102,
-TXS103, TXS107 and TXS108 leave them alone.
+``conftest.py``) are checked for TXS100 only.  Scripts that no application
+imports are not part of an application: TXS102, TXS103, TXS107 and TXS108
+leave them alone.
 
 ``# noqa`` and ``# noqa: TXS103`` on the reported line work as in flake8, in
 both front ends.
@@ -241,7 +241,7 @@ def _is_scope(ctx: _Context, module: Module, node: ast.AST, depth: int = 0) -> b
 # --- Which names an application goes by, and whether one of them is protected. ---
 
 def _aliases(ctx: _Context, module: Module, call: ast.Call) -> list[tuple[Module, str]]:
-    names = [n for n in module.targets_of(call)]
+    names = list(module.targets_of(call))
     found = [(module, n) for n in names]
     function = module.enclosing_function(call)
     if function is not None and any(
