@@ -196,7 +196,7 @@ def make_load_sqlo(uri):
             trans.begin()
             raise
         finally:
-            trans.commit(close=True)  # noqa: TXS106 - the recipe as published
+            trans.commit(close=True)
 
     return load_sqlo
 
