@@ -59,6 +59,15 @@ def test_txs100_unparseable_file_is_reported_and_hides_nothing():
     assert "water_quality.py:11:21: TXS101 " in result.stdout
 
 
+def test_txs100_null_bytes_and_undecodable_files_are_reported_too(tmp_path):
+    (tmp_path / "nul.py").write_bytes(b"import web\x00\n")
+    (tmp_path / "latin.py").write_bytes(b"# -*- coding: nowhere -*-\nx = 1\n")
+    result = lint(tmp_path)
+    assert result.returncode == 1
+    assert sorted(OUTPUT_LINE.match(line)["code"] for line in result.stdout.splitlines()) == [
+        "TXS100", "TXS100"]
+
+
 def test_txs101_application_using_models_needs_the_scope():
     assert ("bad_txs101_no_processor.py", 14, "TXS101") in found("basics")
     # Processor by name, by direct call, imported from a sibling module, the

@@ -668,7 +668,9 @@ def check_path(path: str | os.PathLike[str]) -> list[Finding]:
         return [Finding(1, 0, "TXS100", f"cannot decode this file ({error}): it was not checked")]
     try:
         return check_source(source, os.fspath(path))
-    except SyntaxError as error:
+    except (SyntaxError, ValueError) as error:  # ValueError: a null byte, before Python 3.11.4
+        if not isinstance(error, SyntaxError):
+            error = SyntaxError(str(error))
         hint = " (Python 2 code?)" if _PYTHON2.search(source) else ""
         return _without_noqa([Finding(
             error.lineno or 1, max((error.offset or 1) - 1, 0), "TXS100",
