@@ -8,35 +8,58 @@ package is installed, even without a database driver.
 
 Codes:
 
-TXS101  a module builds a web.py application and uses SQLObject, but never
-        gives that application the txscope processor or middleware.
-TXS102  ``sqlhub.processConnection = ...`` at import time in a module that
-        builds a web.py application.
-TXS103  ``cacheValues = False`` in ``class sqlmeta`` (or ``sqlmeta.cacheValues
-        = False``).
-TXS104  ``.commit(`` inside ``except web.HTTPError``: the published recipe.
+TXS100  the file does not parse (Python 2, or syntax newer than this Python):
+        it was not checked.  The other files still are, and what this one
+        imports and whether it uses SQLObject are still read from its text.
+TXS101  a web.py application uses SQLObject without a per-request
+        transaction (the txscope processor or middleware, or a processor that
+        opens ``.transaction()`` and binds ``sqlhub.threadConnection``).
+TXS102  ``sqlhub.processConnection = ...`` at import time in a module of a
+        web.py application, directly or in a function called at import time.
+TXS103  ``cacheValues = False`` on a model of a web.py application.
+TXS104  ``.commit(`` inside ``except web.HTTPError`` that does not look at the
+        status: the published recipe, which commits crashed requests.
+TXS105  ``.commit(`` inside ``except Exception`` (or ``BaseException``, or a
+        bare ``except:``) that does not look at the status.
+TXS106  ``.commit(`` run unconditionally in a ``finally:`` block that no
+        ``except Exception`` (or ``BaseException``, or bare) rolled back.
+TXS107  a model of a web.py application with its own ``_connection`` (or a
+        module ``__connection__``) that is not a hub: it bypasses the
+        per-request transaction.
+TXS108  ``connectionForURI(..., cache=False)`` or a URI with ``cache=0`` in a
+        web.py application: a slow workaround for stale reads.
 
-How TXS101 decides, all from source, never by importing it:
+"A web.py application" is a module that calls ``web.application`` (also
+``auto_application``, ``subdir_application``, ``subdomain_application``),
+however ``web`` or the name was imported, and every local module it imports,
+transitively.  Local modules are found on disk from the checked file's
+location: its directory, each enclosing package's parent, and the project
+root (the directory above the file's top package).  Source is only read,
+never imported.
 
-* "builds a web.py application": a call to ``web.application`` (also
-  ``auto_application``, ``subdir_application``, ``subdomain_application``),
-  however ``web`` or the name was imported.
-* "uses SQLObject": the module imports ``sqlobject`` or ``webpy_txscope``,
-  mentions ``sqlhub``, or defines a class with a ``SQLObject`` base; or it
-  imports a module found next to it on disk (a local models module, looked up
-  from the importing file's directory and its enclosing packages) that does
-  one of these.
-* "protected": ``<app>.add_processor(X)`` where X is a call of ``txscope``, a
-  name bound to such a call anywhere in the module, a name imported from
-  ``webpy_txscope`` (other than the bare factories), or a name imported from a
-  local module that binds it in one of these ways; or ``TxScopeMiddleware``
-  wrapping ``<app>.wsgifunc()`` (directly or through a name bound to it), or
-  passed into ``<app>.wsgifunc(...)`` as middleware.  ``<app>`` is the name
-  the ``web.application(...)`` call was assigned to.  An application protected
-  in another module cannot be seen: mark it ``# noqa: TXS101``.
+"Uses SQLObject" (TXS101): the application's module or a local module it
+imports, transitively, imports ``sqlobject`` or ``webpy_txscope``, mentions
+``sqlhub``, or defines a class with a ``SQLObject`` base.
+
+"Protected" (TXS101): ``<app>.add_processor(X)``, ``<app>.processors.append(X)``
+or ``.insert(i, X)`` where X is a ``txscope(...)`` call, a name bound to one,
+a name imported from ``webpy_txscope`` (other than the bare factories), a call
+of a function that returns one of these (a factory), or a function that opens
+``.transaction()`` and binds ``threadConnection`` (also inside
+``web.loadhook``); or ``TxScopeMiddleware`` wrapping ``<app>.wsgifunc()``.
+``<app>`` is every name the application goes by: the name it was assigned
+to, the name another module imports it as, and the name a caller binds when a
+function builds and returns it.  A scope added under ``if __name__ ==
+"__main__":`` only protects an application built there too.  A
+sub-application mounted in the URL mapping of another application is judged
+with that application.
 
 "Import time" (TXS102) is code a WSGI server runs when it imports the module:
 everything outside function bodies and outside ``if __name__ == "__main__":``.
+Test files (under ``tests``/``test`` or named ``test_*.py``, ``*_test.py``,
+``conftest.py``) are checked for TXS100 only.  Scripts that no application
+imports are not part of an application: TXS102, TXS103, TXS107 and TXS108
+leave them alone.
 
 ``# noqa`` and ``# noqa: TXS103`` on the reported line work as in flake8, in
 both front ends.
@@ -45,24 +68,33 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
 import os
 import re
 import sys
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-__all__ = ["Finding", "check", "check_source", "main", "Flake8Checker"]
+from ._lint_project import (Module, Project, dotted, import_time_nodes, is_commit,
+                            project_for, python_files, walk_body)
 
-_APPLICATION_CLASSES = frozenset(
-    {"application", "auto_application", "subdir_application", "subdomain_application"}
-)
+__all__ = ["Finding", "check", "check_source", "check_path", "main", "Flake8Checker"]
+
 _FACTORIES = frozenset({"txscope", "TxScopeMiddleware"})
-# Importing either means the module works with SQLObject models: this package
-# does nothing else.
-_SQLOBJECT_PACKAGES = frozenset({"sqlobject", "webpy_txscope"})
+# Names whose presence in an except block means it tells a crash (5xx) from
+# a deliberate HTTP answer, as the TXS104 message recommends.
+_STATUS_WORDS = frozenset({"status", "_InternalError", "InternalError", "internalerror"})
+# A print statement or `except E, name:`: the commonest reasons old code fails to parse.
+_PYTHON2 = re.compile(r"^\s*print\s+[^(=\s]|except\s+[\w.]+\s*,\s*\w+\s*:", re.M)
+# The schemes connectionForURI knows: a redis:// or http:// URL is not a connection.
+_SQLOBJECT_URI = re.compile(r"(?:sqlite|postgres(?:ql)?|pgsql|psycopg2?|mysql|firebird|interbase|maxdb|sapdb|"
+                            r"mssql|sybase|rdbhost)(?:\+\w+)?:", re.I)
+_NO_CACHE_URI = re.compile(r"[?&;]cache=(?:0|false|no|off)\b", re.I)
+_TEST_DIRECTORIES = frozenset({"test", "tests", "testing"})
+_BIG_VALUE_COLUMNS = frozenset({"BLOBCol", "PickleCol"})
+_TRY_NODES = (ast.Try, getattr(ast, "TryStar", ast.Try))  # try/except* from Python 3.11
+_DEPTH = 4  # how far factories, re-exports and helper calls are followed
 
 
 @dataclass(frozen=True, order=True)
@@ -79,290 +111,326 @@ class Finding:
         return f"{self.code} {self.message}"
 
 
-def _dotted(node: ast.AST) -> str | None:
-    """``a.b.c`` for a Name/Attribute chain as written, else None."""
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        base = _dotted(node.value)
-        return None if base is None else f"{base}.{node.attr}"
-    return None
+@dataclass
+class _Context:
+    module: Module
+    project: Project | None
 
+    def local_module(self, module: Module, origin: str) -> Module | None:
+        return self.project.local_module(module, origin) if self.project else None
 
-def _is_main_guard(node: ast.If) -> bool:
-    test = node.test
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
-            and isinstance(test.ops[0], ast.Eq)):
-        return False
-    sides = {_dotted(test.left), _dotted(test.comparators[0])}
-    constants = {getattr(test.left, "value", None), getattr(test.comparators[0], "value", None)}
-    return "__name__" in sides and "__main__" in constants
+    def importers(self, module: Module) -> list[Module]:
+        return self.project.importers(module) if self.project else []
 
-
-def _import_time_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node a WSGI server executes when it imports the module."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            # Decorators and defaults run at import time; the body does not.
-            stack.extend(getattr(node, "decorator_list", []))
-            stack.extend(d for d in node.args.defaults + node.args.kw_defaults if d)
-            continue
-        if isinstance(node, ast.If) and _is_main_guard(node):
-            stack.extend(node.orelse)
-            continue
-        stack.extend(ast.iter_child_nodes(node))
-
-
-def _split_origin(origin: str) -> tuple[int, str]:
-    """``"..pkg.mod"`` -> ``(2, "pkg.mod")``."""
-    stripped = origin.lstrip(".")
-    return len(origin) - len(stripped), stripped
-
-
-def _find_module_file(importer: str | None, level: int, module: str) -> Path | None:
-    """The local source file an import refers to, if it sits next to the importer."""
-    if not importer or not os.path.isfile(importer):
-        return None
-    here = Path(importer).resolve().parent
-    if level:
-        if level - 2 >= len(here.parents):
-            return None
-        roots = [here.parents[level - 2] if level > 1 else here]
-    else:
-        # The importer's directory, then each enclosing package's parent.
-        roots, directory = [here], here
-        while (directory / "__init__.py").is_file() and directory.parent != directory:
-            directory = directory.parent
-            roots.append(directory)
-    parts = [p for p in module.split(".") if p]
-    for root in roots:
-        base = root.joinpath(*parts)
-        for candidate in (base.with_suffix(".py") if parts else None, base / "__init__.py"):
-            if candidate is not None and candidate.is_file():
-                return candidate
-    return None
-
-
-class _Module:
-    """Facts about one parsed module, gathered in a single walk; rules decide."""
-
-    def __init__(self, tree: ast.AST, path: str | None) -> None:
-        self.tree = tree
-        self.path = path
-        self.imports: dict[str, str] = {}  # local name -> "web.application", ".models.User"
-        self.star_origins: list[str] = []
-        self.imported_modules: list[str] = []  # origins that may be local modules
-        self.calls: list[ast.Call] = []
-        self.bindings: dict[int, list[str]] = {}  # id(value) -> dotted targets
-        self.sqlobject_direct = False
-        for node in ast.walk(tree):
-            self._note(node)
-
-    def _note(self, node: ast.AST) -> None:
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] in _SQLOBJECT_PACKAGES:
-                    self.sqlobject_direct = True
-                local = alias.asname or alias.name.split(".")[0]
-                self.imports[local] = alias.name if alias.asname else local
-                self.imported_modules.append(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level == 0 and module.split(".")[0] in _SQLOBJECT_PACKAGES:
-                self.sqlobject_direct = True
-            prefix = "." * node.level + (f"{module}." if module else "")
-            if module:
-                self.imported_modules.append(prefix.rstrip("."))
-            for alias in node.names:
-                if alias.name == "*":
-                    self.star_origins.append(prefix.rstrip("."))
-                    continue
-                self.imports[alias.asname or alias.name] = prefix + alias.name
-                self.imported_modules.append(prefix + alias.name)
-        elif isinstance(node, ast.Call):
-            self.calls.append(node)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if node.value is not None:
-                names = [d for d in map(_dotted, targets) if d]
-                self.bindings.setdefault(id(node.value), []).extend(names)
-        elif isinstance(node, ast.ClassDef):
-            if any((_dotted(b) or "").split(".")[-1] == "SQLObject" for b in node.bases):
-                self.sqlobject_direct = True
-        if (isinstance(node, ast.Name) and node.id == "sqlhub") or (
-                isinstance(node, ast.Attribute) and node.attr == "sqlhub"):
-            self.sqlobject_direct = True
-
-    def origin(self, node: ast.AST) -> str | None:
-        """Where a Name/Attribute chain comes from: ``w.application`` -> ``web.application``."""
-        dotted = _dotted(node)
-        if dotted is None:
-            return None
-        head, _, rest = dotted.partition(".")
-        if head in self.imports:
-            head = self.imports[head]
-        return f"{head}.{rest}" if rest else head
-
-    def refers_to(self, node: ast.AST, package: str, names: Iterable[str],
-                  bare: bool = True) -> bool:
-        """Does ``node`` name one of ``names`` from ``package`` (or a submodule)?
-
-        An unimported bare name counts when ``bare`` (the names are distinctive)
-        or when the module star-imports from ``package``.
-        """
-        origin = self.origin(node)
-        if origin is None:
-            return False
-        parts = origin.split(".")
-        if parts[-1] not in names:
-            return False
-        if len(parts) > 1:
-            return parts[0] == package
-        star = any(o.split(".")[0] == package for o in self.star_origins)
-        return origin not in self.imports and (bare or star)
-
-    def is_application_call(self, node: ast.AST) -> bool:
-        return isinstance(node, ast.Call) and self.refers_to(
-            node.func, "web", _APPLICATION_CLASSES, bare=False)
-
-    def targets_of(self, value: ast.AST) -> list[str]:
-        return self.bindings.get(id(value), [])
-
-    def local_module(self, origin: str) -> _Module | None:
-        level, module = _split_origin(origin)
-        found = _find_module_file(self.path, level, module)
-        return _load(str(found)) if found else None
-
-    def uses_sqlobject(self) -> bool:
-        if self.sqlobject_direct:
+    def uses_sqlobject(self, module: Module) -> bool:
+        if module.sqlobject_direct:
             return True
-        for origin in self.imported_modules:
-            other = self.local_module(origin)
-            if other is not None and other is not self and other.sqlobject_direct:
+        if self.project is None:
+            return False
+        # The checked module's own imports: it may differ from the file on disk.
+        return bool(self.project.local_paths(module) & self.project.sqlobject_paths)
+
+    def in_application(self, module: Module) -> bool:
+        """Does a web.py application run this module (and is it not a test)?"""
+        if self.is_test(module):
+            return False
+        if module.application_calls():
+            return True
+        return bool(self.project and module.path in self.project.web_paths)
+
+    def is_test(self, module: Module) -> bool:
+        if module.path is None:
+            return False
+        path = module.path
+        if self.project is not None:
+            # From the project root's own name down: a tests/ directory
+            # without __init__.py is a project root itself.
+            try:
+                path = path.relative_to(self.project.root.parent)
+            except ValueError:
+                pass
+        name = path.name
+        return (bool(_TEST_DIRECTORIES & set(path.parts[:-1])) or name == "conftest.py"
+                or name.startswith("test_") or name.endswith(("_test.py", "_tests.py")))
+
+
+# --- Resolving names to definitions, across modules. ---
+
+def _function(ctx: _Context, module: Module, node: ast.AST,
+              depth: int = 0) -> tuple[Module, ast.FunctionDef | ast.AsyncFunctionDef] | None:
+    """The function definition a name or call target refers to, if local."""
+    name = dotted(node)
+    if name is None or depth > _DEPTH or module.tree is None:
+        return None
+    if name in module.functions and name not in module.imports:
+        return module, module.functions[name]
+    origin = module.origin(node) or ""
+    module_origin, _, attribute = origin.rpartition(".")
+    candidates = []
+    if module_origin and name.split(".")[0] in module.imports:
+        candidates.append(module_origin)
+    if "." not in name:
+        candidates.extend(module.star_origins)
+    for candidate in candidates:
+        other = ctx.local_module(module, candidate)
+        if other is None or other.tree is None:
+            continue
+        if attribute in other.functions:
+            return other, other.functions[attribute]
+        if attribute in other.imports:  # re-exported from a third module
+            return _function(ctx, other, ast.Name(id=attribute), depth + 1)
+    return None
+
+
+def _returns(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
+    return [n.value for n in walk_body(function.body)
+            if isinstance(n, ast.Return) and n.value is not None]
+
+
+def _opens_transaction(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A hand-written per-request scope: ``.transaction()`` bound as threadConnection."""
+    nodes = list(walk_body(function.body))
+    begins = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and n.func.attr in {"transaction", "doInTransaction"} for n in nodes)
+    binds = any(isinstance(n, ast.Attribute) and n.attr == "threadConnection"
+                and isinstance(n.ctx, ast.Store) for n in nodes)
+    return begins and binds
+
+
+def _is_scope(ctx: _Context, module: Module, node: ast.AST, depth: int = 0) -> bool:
+    """Is ``node`` (what an application is given as a processor) a per-request scope?"""
+    if depth > _DEPTH:
+        return False
+    if isinstance(node, ast.Call):
+        if module.refers_to(node.func, "webpy_txscope", {"txscope"}):
+            return True
+        if module.refers_to(node.func, "web", {"loadhook", "unloadhook"}, bare=False):
+            return any(_is_scope(ctx, module, a, depth + 1) for a in node.args)
+        found = _function(ctx, module, node.func)
+        # A factory: whatever it returns is what the application gets.
+        return found is not None and any(
+            _is_scope(ctx, found[0], value, depth + 1) for value in _returns(found[1]))
+    name = dotted(node)
+    if name is None:
+        return False
+    for value in module.assigned.get(name, []):
+        if isinstance(value, ast.Call) and _is_scope(ctx, module, value, depth + 1):
+            return True
+    origin = (module.origin(node) or "").split(".")
+    if origin[0] == "webpy_txscope":
+        return origin[-1] not in _FACTORIES
+    found = _function(ctx, module, node)
+    if found is not None:
+        return _opens_transaction(found[1])
+    if name.split(".")[0] in module.imports:
+        module_origin, _, attribute = ".".join(origin).rpartition(".")
+        other = ctx.local_module(module, module_origin) if module_origin else None
+        return other is not None and other.tree is not None and _is_scope(
+            ctx, other, ast.Name(id=attribute), depth + 1)
+    if "." not in name and name not in module.assigned:
+        # `from db import *`, then add_processor(load_sqlo): look where it came from.
+        for star in module.star_origins:
+            other = ctx.local_module(module, star)
+            if other is not None and other.tree is not None and (
+                    name in other.assigned or name in other.imports) and _is_scope(
+                    ctx, other, ast.Name(id=name), depth + 1):
                 return True
-        return False
-
-    def scope_names(self) -> set[str]:
-        """Dotted names this module binds to a ``txscope(...)`` call."""
-        return {target for call in self.calls
-                if self.refers_to(call.func, "webpy_txscope", {"txscope"})
-                for target in self.targets_of(call)}
-
-    def is_scope_processor(self, node: ast.AST, seen: frozenset[str] = frozenset()) -> bool:
-        """Is ``node`` (an ``add_processor`` argument) the txscope processor?"""
-        if isinstance(node, ast.Call):
-            return self.refers_to(node.func, "webpy_txscope", {"txscope"})
-        dotted = _dotted(node)
-        if dotted is None:
-            return False
-        if dotted in self.scope_names():
-            return True
-        if dotted.split(".")[0] not in self.imports:
-            return False
-        origin = self.origin(node) or ""
-        parts = origin.split(".")
-        if parts[0] == "webpy_txscope":
-            return parts[-1] not in _FACTORIES
-        module_origin, _, name = origin.rpartition(".")
-        key = f"{self.path}:{origin}"
-        if not module_origin or key in seen:
-            return False
-        other = self.local_module(module_origin)
-        return other is not None and other.is_scope_processor(ast.Name(id=name), seen | {key})
+    return False
 
 
-@functools.lru_cache(maxsize=256)
-def _load_cached(path: str, mtime_ns: int) -> _Module | None:
-    try:
-        with tokenize.open(path) as handle:
-            return _Module(ast.parse(handle.read(), path), path)
-    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-        return None
+# --- Which names an application goes by, and whether one of them is protected. ---
+
+def _aliases(ctx: _Context, module: Module, call: ast.Call) -> list[tuple[Module, str]]:
+    names = list(module.targets_of(call))
+    found = [(module, n) for n in names]
+    function = module.enclosing_function(call)
+    if function is not None and any(
+            v is call or dotted(v) in names for v in _returns(function)):
+        # Built and returned by a function: its callers name the application.
+        for other in [module, *ctx.importers(module)]:
+            for caller in other.calls:
+                target = _function(ctx, other, caller.func)
+                # Compared by place: the checked module's tree is not the one
+                # read from disk for the other modules.
+                if target is not None and _same(target[0], module) and (
+                        target[1].lineno, target[1].name) == (function.lineno, function.name):
+                    found.extend((other, t) for t in other.targets_of(caller))
+    if function is None:
+        for other in ctx.importers(module):
+            for local, origin in other.imports.items():
+                module_origin, _, attribute = origin.rpartition(".")
+                if attribute in names and _same(ctx.local_module(other, module_origin), module):
+                    found.append((other, local))
+                elif _same(ctx.local_module(other, origin), module):
+                    found.extend((other, f"{local}.{n}") for n in names)
+    return found
 
 
-def _load(path: str) -> _Module | None:
-    try:
-        return _load_cached(path, os.stat(path).st_mtime_ns)
-    except OSError:
-        return None
+def _same(first: Module | None, second: Module) -> bool:
+    return first is not None and first.path == second.path
 
 
-# --- Rules: one function each, taking the module facts, yielding findings. ---
+def _protects(ctx: _Context, module: Module, app: str, script_only: bool) -> bool:
+    """Is ``app`` given a scope in ``module``?
 
-def _txs101_application_without_scope(module: _Module) -> Iterator[Finding]:
-    applications = [c for c in module.calls if module.is_application_call(c)]
-    if not applications or not module.uses_sqlobject():
-        return
-    protected: set[str] = set()  # dotted names the applications were bound to
-    wrapped: list[ast.AST] = []  # everything passed to TxScopeMiddleware(...)
-    wsgifuncs: list[tuple[str, ast.Call]] = []
+    Under ``if __name__ == "__main__":`` a scope only protects an application
+    that is also built there (``script_only``): one built at import time is
+    served by WSGI servers without it.
+    """
+    wrapped: list[ast.AST] = []
+    wsgifuncs: list[ast.Call] = []
+    guarded = module.main_guarded
     for call in module.calls:
+        if id(call) in guarded and not script_only:
+            continue
         func = call.func
         if module.refers_to(func, "webpy_txscope", {"TxScopeMiddleware"}):
             for arg in call.args + [k.value for k in call.keywords]:
                 wrapped.extend(ast.walk(arg))
-        if not isinstance(func, ast.Attribute):
+        if not isinstance(func, ast.Attribute) or not call.args:
+            if isinstance(func, ast.Attribute) and func.attr == "wsgifunc" and dotted(func.value) == app:
+                wsgifuncs.append(call)
             continue
-        receiver = _dotted(func.value) or ""
-        if func.attr == "add_processor" and call.args and module.is_scope_processor(call.args[0]):
-            protected.add(receiver)
-        if func.attr == "wsgifunc":
-            wsgifuncs.append((receiver, call))
+        receiver = dotted(func.value)
+        if func.attr == "add_processor" and receiver == app and _is_scope(ctx, module, call.args[0]):
+            return True
+        if (func.attr in {"append", "insert"} and receiver == f"{app}.processors"
+                and _is_scope(ctx, module, call.args[-1])):
+            return True
+        if func.attr == "wsgifunc" and receiver == app:
+            wsgifuncs.append(call)
             # app.wsgifunc(middleware...) applies each middleware to the app.
             if any(module.refers_to(n, "webpy_txscope", {"TxScopeMiddleware"})
                    for arg in call.args for n in ast.walk(arg)):
-                protected.add(receiver)
+                return True
     wrapped_ids = {id(n) for n in wrapped}
     wrapped_names = {n.id for n in wrapped if isinstance(n, ast.Name)}
-    for receiver, call in wsgifuncs:
-        if id(call) in wrapped_ids or wrapped_names & set(module.targets_of(call)):
-            protected.add(receiver)
-    protected.discard("")
+    return any(id(c) in wrapped_ids or wrapped_names & set(module.targets_of(c))
+               for c in wsgifuncs)
+
+
+def _mounted_in(module: Module, app: str) -> bool:
+    """Is ``app`` an entry of a URL mapping in ``module``, which builds an application?"""
+    if module.tree is None:
+        # Unparseable (Python 2): a ``'/path', app`` pair in its text.
+        name = re.escape(app.split(".")[-1])
+        return "application(" in module.text and re.search(
+            rf"""['"][^'"\n]*['"]\s*,\s*(?:\w+\.)?{name}\b""", module.text) is not None
+    return bool(module.application_calls()) and any(
+        isinstance(n, (ast.Tuple, ast.List)) and any(dotted(e) == app for e in n.elts)
+        for n in ast.walk(module.tree))
+
+
+def _mounted(ctx: _Context, module: Module, call: ast.Call) -> bool:
+    """Is this application a sub-application, mounted in another one's URL mapping?
+
+    web.py runs the parent's processors around the sub-application's
+    handlers, so the parent decides (and carries the finding).
+    """
+    aliases = _aliases(ctx, module, call)
+    aliases += [(other, name) for other in ctx.importers(module) if other.tree is None
+                for name in module.targets_of(call)]
+    return any(_mounted_in(other, name) for other, name in aliases
+               if other.path != module.path or other.tree is None) or any(
+        _mounted_in(module, name) for name in module.targets_of(call)
+        if any(parent is not call for parent in module.application_calls()))
+
+
+def _protected(ctx: _Context, module: Module, call: ast.Call) -> bool:
+    for node in module.calls:
+        if module.refers_to(node.func, "webpy_txscope", {"TxScopeMiddleware"}) and any(
+                n is call for arg in node.args for n in ast.walk(arg)):
+            return True
+    script_only = id(call) in module.main_guarded
+    return any(_protects(ctx, other, name, script_only and other.path == module.path)
+               for other, name in _aliases(ctx, module, call))
+
+
+# --- Rules: one function each, taking the context, yielding findings. ---
+
+def _txs101_application_without_scope(ctx: _Context) -> Iterator[Finding]:
+    module = ctx.module
+    applications = module.application_calls()
+    # Tests build applications on purpose without a scope, or with one passed
+    # in as a fixture the lint cannot follow.
+    if not applications or ctx.is_test(module) or not ctx.uses_sqlobject(module):
+        return
     for call in applications:
-        names = module.targets_of(call)
-        if id(call) in wrapped_ids or protected & set(names):
+        if _mounted(ctx, module, call) or _protected(ctx, module, call):
             continue
+        names = module.targets_of(call)
         app = names[0] if names else "app"
         yield Finding(
             call.lineno, call.col_offset, "TXS101",
             f"web.py application {app!r} uses SQLObject without a per-request "
             "transaction, so each process serves rows cached before other "
-            f"processes changed them; add {app}.add_processor(txscope(URI)) "
-            f"or wrap {app}.wsgifunc() in TxScopeMiddleware")
+            "processes changed them and a crashed request keeps its writes; add "
+            f"{app}.add_processor(txscope(URI)) or wrap {app}.wsgifunc() in "
+            "TxScopeMiddleware")
 
 
-def _txs102_import_time_process_connection(module: _Module) -> Iterator[Finding]:
-    if not any(module.is_application_call(c) for c in module.calls):
+def _is_hub(module: Module, node: ast.AST) -> bool:
+    if isinstance(node, ast.Call):
+        node = node.func
+    return (module.origin(node) or "").split(".")[-1].lower().endswith("hub")
+
+
+def _sets_process_connection(ctx: _Context, module: Module,
+                             function: ast.FunctionDef | ast.AsyncFunctionDef, depth: int = 0) -> bool:
+    for node in walk_body(function.body):
+        if (isinstance(node, ast.Attribute) and node.attr == "processConnection"
+                and isinstance(node.ctx, ast.Store) and _is_hub(module, node.value)):
+            return True
+        if isinstance(node, ast.Call) and depth < _DEPTH:
+            found = _function(ctx, module, node.func)
+            if found is not None and found[1] is not function and _sets_process_connection(
+                    ctx, found[0], found[1], depth + 1):
+                return True
+    return False
+
+
+def _txs102_import_time_process_connection(ctx: _Context) -> Iterator[Finding]:
+    module = ctx.module
+    if module.tree is None or not ctx.in_application(module):
         return
-    for node in _import_time_nodes(module.tree):
-        if not isinstance(node, (ast.Assign, ast.AnnAssign)):
-            continue
-        for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-            if not (isinstance(target, ast.Attribute) and target.attr == "processConnection"):
-                continue
-            hub = module.origin(target.value) or ""
-            if hub.split(".")[-1] != "sqlhub" and hub.split(".")[0] != "sqlobject":
-                continue
+    fix = ("scope requests with app.add_processor(txscope(URI)) and set it only "
+           "inside functions of scripts")
+    for node in import_time_nodes(module.tree):
+        if (isinstance(node, ast.Attribute) and node.attr == "processConnection"
+                and isinstance(node.ctx, ast.Store) and _is_hub(module, node.value)):
             yield Finding(
-                target.lineno, target.col_offset, "TXS102",
-                f"{ast.unparse(target)} set at import time in a web.py application "
-                "module: its object cache goes stale when other processes write; "
-                "scope requests with app.add_processor(txscope(URI)) and set it "
-                "only inside functions of scripts")
+                node.lineno, node.col_offset, "TXS102",
+                f"{ast.unparse(node)} set at import time in a module of a web.py "
+                "application: its object cache goes stale when other processes "
+                f"write; {fix}")
+        elif isinstance(node, ast.Call):
+            found = _function(ctx, module, node.func)
+            if found is not None and _sets_process_connection(ctx, *found):
+                yield Finding(
+                    node.lineno, node.col_offset, "TXS102",
+                    f"{ast.unparse(node.func)}() runs at import time in a module of a "
+                    "web.py application and sets sqlhub.processConnection: its object "
+                    f"cache goes stale when other processes write; {fix}")
 
 
-def _txs103_cache_values_off(module: _Module) -> Iterator[Finding]:
+def _txs103_cache_values_off(ctx: _Context) -> Iterator[Finding]:
+    module = ctx.module
+    if module.tree is None or not ctx.in_application(module):
+        return
     message = ("cacheValues = False avoids stale reads by fetching every attribute "
                "on each access, which is slow; remove it and scope each request "
                "with app.add_processor(txscope(URI))")
+    # cacheValues = False on a model with large BLOB/pickle columns keeps big
+    # values out of memory: a memory choice, not a staleness workaround.
+    big_values = {id(s) for model in ast.walk(module.tree) if isinstance(model, ast.ClassDef)
+                  and any(isinstance(c, ast.Assign) and isinstance(c.value, ast.Call)
+                          and (dotted(c.value.func) or "").split(".")[-1] in _BIG_VALUE_COLUMNS
+                          for c in model.body)
+                  for s in model.body}
     for node in ast.walk(module.tree):
-        if isinstance(node, ast.ClassDef) and node.name == "sqlmeta":
+        if isinstance(node, ast.ClassDef) and node.name == "sqlmeta" and id(node) not in big_values:
             for statement in node.body:
                 if (isinstance(statement, (ast.Assign, ast.AnnAssign))
-                        and statement.value is not None
                         and isinstance(statement.value, ast.Constant)
                         and not statement.value.value):
                     targets = (statement.targets if isinstance(statement, ast.Assign)
@@ -373,21 +441,39 @@ def _txs103_cache_values_off(module: _Module) -> Iterator[Finding]:
         elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
               and not node.value.value):
             for target in node.targets:
-                dotted = _dotted(target) or ""
-                if dotted == "sqlmeta.cacheValues" or dotted.endswith(".sqlmeta.cacheValues"):
+                name = dotted(target) or ""
+                if name == "sqlmeta.cacheValues" or name.endswith(".sqlmeta.cacheValues"):
                     yield Finding(target.lineno, target.col_offset, "TXS103", message)
 
 
-def _txs104_commit_on_http_error(module: _Module) -> Iterator[Finding]:
+def _status_aware(statements: list[ast.stmt]) -> bool:
+    """Does this block tell a crash (5xx) from a deliberate HTTP answer?"""
+    return any((isinstance(n, ast.Attribute) and n.attr in _STATUS_WORDS)
+               or (isinstance(n, ast.Name) and n.id in _STATUS_WORDS)
+               for n in walk_body(statements))
+
+
+def _handles_requests(ctx: _Context) -> bool:
+    # A test's try/finally around its own fixture data is not a request's.
+    if ctx.is_test(ctx.module):
+        return False
+    return ctx.module.imports_web() or ctx.uses_sqlobject(ctx.module)
+
+
+def _txs104_commit_on_http_error(ctx: _Context) -> Iterator[Finding]:
+    module = ctx.module
+    if module.tree is None or not _handles_requests(ctx):
+        return
     for node in ast.walk(module.tree):
         if not isinstance(node, ast.ExceptHandler) or node.type is None:
             continue
         caught = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
-        if not any(module.refers_to(t, "web", {"HTTPError"}) for t in caught):
+        if not any(module.refers_to(t, "web", {"HTTPError"}, bare=False) for t in caught):
             continue
-        for inner in (n for statement in node.body for n in ast.walk(statement)):
-            if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute)
-                    and inner.func.attr == "commit"):
+        if _status_aware(node.body):
+            continue
+        for inner in walk_body(node.body):
+            if is_commit(inner):
                 yield Finding(
                     inner.lineno, inner.col_offset, "TXS104",
                     "commit in `except web.HTTPError`: web.py turns every crash into "
@@ -396,22 +482,146 @@ def _txs104_commit_on_http_error(module: _Module) -> Iterator[Finding]:
                     "web.ctx.status starts with '5'")
 
 
+def _txs105_commit_on_any_exception(ctx: _Context) -> Iterator[Finding]:
+    module = ctx.module
+    if module.tree is None or not _handles_requests(ctx):
+        return
+    for node in ast.walk(module.tree):
+        if not isinstance(node, ast.ExceptHandler):
+            continue
+        caught = ([] if node.type is None else
+                  node.type.elts if isinstance(node.type, ast.Tuple) else [node.type])
+        broad = node.type is None or any(
+            isinstance(t, ast.Name) and t.id in {"Exception", "BaseException"}
+            and t.id not in module.imports for t in caught)
+        if not broad or _status_aware(node.body):
+            continue
+        what = "except:" if node.type is None else f"except {ast.unparse(node.type)}"
+        for inner in walk_body(node.body):
+            if is_commit(inner):
+                yield Finding(
+                    inner.lineno, inner.col_offset, "TXS105",
+                    f"commit in `{what}`: this commits the writes of the request or "
+                    "job that just failed; roll back there and commit only after "
+                    "success (txscope(URI) does this per request)")
+
+
+def _catches_failures(handler: ast.ExceptHandler) -> bool:
+    """Bare, ``BaseException`` or ``Exception``: every crash of a request."""
+    return handler.type is None or (isinstance(handler.type, ast.Name)
+                                    and handler.type.id in {"Exception", "BaseException"})
+
+
+def _is_rollback(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "rollback")
+
+
+def _txs106_commit_in_finally(ctx: _Context) -> Iterator[Finding]:
+    module = ctx.module
+    if module.tree is None or not _handles_requests(ctx):
+        return
+    for node in ast.walk(module.tree):
+        if not isinstance(node, _TRY_NODES):
+            continue
+        # After a handler of every failure rolled back, the transaction is
+        # finished and the commit in `finally:` commits nothing (SQLObject
+        # ignores a second commit): it only commits the success path.
+        if any(_catches_failures(h) and any(_is_rollback(n) for n in walk_body(h.body))
+               for h in node.handlers):
+            continue
+        for statement in node.finalbody:
+            # A conditional commit chose on purpose; only a blind one is wrong.
+            if isinstance(statement, (ast.If, ast.Try)):
+                continue
+            for inner in walk_body([statement]):
+                if is_commit(inner):
+                    yield Finding(
+                        inner.lineno, inner.col_offset, "TXS106",
+                        "commit in `finally:` runs after a failure that no `except` "
+                        "rolled back, so it commits half-done writes; commit in "
+                        "`else:` after success and roll back on any error "
+                        "(txscope(URI) does this per request)")
+
+
+def _txs107_model_with_own_connection(ctx: _Context) -> Iterator[Finding]:
+    module = ctx.module
+    if module.tree is None or not ctx.in_application(module) or not ctx.uses_sqlobject(module):
+        return
+    message = ("{name} = {value} gives this model its own connection, which the "
+               "per-request transaction does not reach, so it reads from a cache "
+               "other processes make stale; remove it and let sqlhub (bound per "
+               "request by txscope) provide the connection")
+    statements = [(s, "__connection__") for s in module.tree.body]
+    statements += [(s, "_connection") for n in ast.walk(module.tree) if isinstance(n, ast.ClassDef)
+                   for s in n.body]
+    for statement, wanted in statements:
+        if not isinstance(statement, ast.Assign):
+            continue
+        for target in statement.targets:
+            if (isinstance(target, ast.Name) and target.id == wanted
+                    and not _is_hub(module, statement.value)):
+                yield Finding(target.lineno, target.col_offset, "TXS107", message.format(
+                    name=wanted, value=ast.unparse(statement.value)))
+
+
+def _txs108_connection_cache_off(ctx: _Context) -> Iterator[Finding]:
+    module = ctx.module
+    if module.tree is None or not ctx.in_application(module) or not ctx.uses_sqlobject(module):
+        return
+    message = ("{what} turns the connection's object cache off, a slow workaround "
+               "for stale reads (every get() queries again); keep the cache and "
+               "scope each request with app.add_processor(txscope(URI))")
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Call):
+            name = (dotted(node.func) or "").split(".")[-1]
+            if name != "connectionForURI" and not name.endswith("Connection"):
+                continue
+            for keyword in node.keywords:
+                if (keyword.arg == "cache" and isinstance(keyword.value, ast.Constant)
+                        and not keyword.value.value):
+                    yield Finding(node.lineno, node.col_offset, "TXS108",
+                                  message.format(what=f"{name}(..., cache={keyword.value.value!r})"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQLOBJECT_URI.match(node.value):
+            match = _NO_CACHE_URI.search(node.value)
+            if match is not None:
+                yield Finding(node.lineno, node.col_offset, "TXS108",
+                              message.format(what=f"{match[0][1:]!r} in a URI"))
+
+
 _RULES = (
     _txs101_application_without_scope,
     _txs102_import_time_process_connection,
     _txs103_cache_values_off,
     _txs104_commit_on_http_error,
+    _txs105_commit_on_any_exception,
+    _txs106_commit_in_finally,
+    _txs107_model_with_own_connection,
+    _txs108_connection_cache_off,
 )
 
 
-def check(tree: ast.AST, filename: str | None = None) -> list[Finding]:
+def _context(tree: ast.Module, filename: str | None, source: str | None) -> _Context:
+    path = Path(filename).resolve() if filename and os.path.isfile(filename) else None
+    if path is None:
+        return _Context(Module(None, source or "", tree), None)
+    project = project_for(path)
+    cached = project.module(path)
+    if source is not None and cached is not None and cached.text == source and cached.tree:
+        # The file as on disk: the project has parsed it already.
+        return _Context(cached, project)
+    return _Context(Module(path, source or "", tree), project)
+
+
+def check(tree: ast.AST, filename: str | None = None, source: str | None = None) -> list[Finding]:
     """All findings for a parsed module, sorted by position.
 
-    ``filename`` lets TXS101 read local modules next to it; noqa comments are
-    not applied here (see :func:`check_source`).
+    ``filename`` lets the rules read the other modules of its project from
+    disk; noqa comments are not applied here (see :func:`check_source`).
     """
-    module = _Module(tree, filename)
-    return sorted(finding for rule in _RULES for finding in rule(module))
+    assert isinstance(tree, ast.Module), "check() takes the tree of a whole module"
+    ctx = _context(tree, filename, source)
+    return sorted(finding for rule in _RULES for finding in rule(ctx))
 
 
 # flake8's own pattern, so both front ends agree on what a noqa comment means.
@@ -428,40 +638,52 @@ def _suppressed(line: str, code: str) -> bool:
     return code in codes or code.startswith(tuple(codes))
 
 
-def check_source(source: str, filename: str | None = None) -> list[Finding]:
-    """Parse and check source text, honouring ``# noqa`` on reported lines.
-
-    Raises SyntaxError if the source does not parse.
-    """
-    findings = check(ast.parse(source, filename or "<unknown>"), filename)
+def _without_noqa(findings: list[Finding], source: str) -> list[Finding]:
     lines = re.split(r"\r\n?|\n", source)
     return [f for f in findings
             if not (f.line <= len(lines) and _suppressed(lines[f.line - 1], f.code))]
 
 
-def _is_skipped_directory(path: Path) -> bool:
-    return (path.name.startswith(".") or path.name in {"__pycache__", "site-packages"}
-            or (path / "pyvenv.cfg").is_file())
+def check_source(source: str, filename: str | None = None) -> list[Finding]:
+    """Parse and check source text, honouring ``# noqa`` on reported lines.
+
+    Raises SyntaxError if the source does not parse (:func:`check_path`
+    reports that as TXS100 instead).
+    """
+    path = Path(filename).resolve() if filename and os.path.isfile(filename) else None
+    cached = project_for(path).module(path) if path else None
+    if cached is not None and cached.text == source and cached.tree is not None:
+        tree = cached.tree  # the file as on disk, parsed once for the whole project
+    else:
+        tree = ast.parse(source, filename or "<unknown>")
+    return _without_noqa(check(tree, filename, source), source)
 
 
-def _python_files(root: Path) -> Iterator[Path]:
-    if not root.is_dir():
-        yield root
-        return
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = sorted(d for d in subdirectories
-                                   if not _is_skipped_directory(Path(directory, d)))
-        for name in sorted(files):
-            if name.endswith(".py"):
-                yield Path(directory, name)
+def check_path(path: str | os.PathLike[str]) -> list[Finding]:
+    """Findings for one file; a file that does not parse gives one TXS100."""
+    try:
+        with tokenize.open(path) as handle:
+            source = handle.read()
+    except (SyntaxError, UnicodeDecodeError, ValueError) as error:
+        return [Finding(1, 0, "TXS100", f"cannot decode this file ({error}): it was not checked")]
+    try:
+        return check_source(source, os.fspath(path))
+    except (SyntaxError, ValueError) as error:  # ValueError: a null byte, before Python 3.11.4
+        if not isinstance(error, SyntaxError):
+            error = SyntaxError(str(error))
+        hint = " (Python 2 code?)" if _PYTHON2.search(source) else ""
+        return _without_noqa([Finding(
+            error.lineno or 1, max((error.offset or 1) - 1, 0), "TXS100",
+            f"cannot parse this file{hint}: SyntaxError: {error.msg}; it was not "
+            "checked, but what it imports still counts for the other files")], source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``txscope-lint PATH...``: 0 clean, 1 findings, 2 usage or parse error."""
+    """``txscope-lint PATH...``: 0 clean, 1 findings (TXS100 included), 2 usage error."""
     parser = argparse.ArgumentParser(
         prog="txscope-lint",
-        description="Find web.py + SQLObject code that can serve stale data "
-                    "(codes TXS101-TXS104).")
+        description="Find web.py + SQLObject code that can serve stale data or "
+                    "commit crashed requests (codes TXS100-TXS108).")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="Python files or directories (searched for *.py)")
     args = parser.parse_args(argv)
@@ -470,17 +692,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no such file or directory: " + ", ".join(missing))
     status = 0
     for root in args.paths:
-        for path in _python_files(Path(root)):
+        for path in python_files(Path(root)):
             try:
-                with tokenize.open(path) as handle:
-                    findings = check_source(handle.read(), str(path))
-            except SyntaxError as error:
-                print(f"{path}:{error.lineno or 1}:{error.offset or 1}: cannot parse: "
-                      f"SyntaxError: {error.msg}", file=sys.stderr)
-                status = 2
-                continue
-            except (OSError, UnicodeDecodeError, ValueError) as error:
-                print(f"{path}: cannot read: {error}", file=sys.stderr)
+                findings = check_path(path)
+            except OSError as error:
+                print(f"{path}: cannot read: {error.strerror}", file=sys.stderr)
                 status = 2
                 continue
             for finding in findings:

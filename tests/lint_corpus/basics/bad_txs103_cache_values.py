@@ -1,5 +1,8 @@
-"""Staleness "fixed" by switching the cache off."""
+"""Staleness "fixed" by switching the cache off, in an application's models."""
+import web
 from sqlobject import SQLObject, StringCol
+
+from webpy_txscope import txscope
 
 
 class Note(SQLObject):
@@ -14,3 +17,7 @@ class Tag(SQLObject):
 
 
 Tag.sqlmeta.cacheValues = False  # expect: TXS103
+
+
+app = web.application(("/", "Index"), globals())
+app.add_processor(txscope("sqlite:/:memory:"))

@@ -1,4 +1,8 @@
-"""The published web.py cookbook recipe, ported to Python 3."""
+"""The published web.py cookbook recipe, ported to Python 3.
+
+Its processor opens a transaction per request, so the application counts as
+scoped; its two commits are the bugs.
+"""
 import web
 from sqlobject import connectionForURI, sqlhub
 
@@ -27,5 +31,5 @@ def load_sqlo(handler=None):
         trans.commit(close=True)
 
 
-app = web.application(urls, locals())  # expect: TXS101
+app = web.application(urls, locals())
 app.add_processor(load_sqlo)

@@ -1,0 +1,15 @@
+"""Modelled on iguanaonmystack/kathymurdochhomepage lib/model_setup.py."""
+from sqlobject import connectionForURI, sqlhub
+
+from .model import Recipe
+
+
+def setup(dburi):
+    connection = connectionForURI(dburi)
+    sqlhub.processConnection = connection
+    Recipe.createTable(ifNotExists=True)
+    return connection
+
+
+def connect(dburi):
+    return setup(dburi)

@@ -1,0 +1,5 @@
+from sqlobject import SQLObject, StringCol
+
+
+class Post(SQLObject):
+    title = StringCol()
