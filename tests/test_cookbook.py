@@ -112,7 +112,7 @@ def test_csrf_token_is_valid_in_every_process_with_the_same_secret(client):
 
 def test_edit_then_redirect(client, backend):
     response = client.post("/users/1/edit", {"csrf_token": token(client, "/users/1/edit"), "fullname": "Edited"})
-    assert response.status == 303 and response.header("Location").endswith("/users/1")
+    assert response.status == 303 and response.header("Location").endswith("/users/1?done=saved")
     assert backend.fullname(1) == "Edited"
 
 
@@ -125,6 +125,111 @@ def test_crash_route_rolls_its_write_back(client, backend):
     response = client.post("/users/1/crash", {"csrf_token": token(client, "/users/1"), "fullname": "never"},
                            expect_errors=True)
     assert response.status == 500
+    assert backend.fullname(1) == "Full 1"
+
+
+def test_crash_page_says_the_write_was_rolled_back_and_shows_no_traceback(client):
+    response = client.post("/users/1/crash", {"csrf_token": token(client, "/users/1"), "fullname": "never"},
+                           expect_errors=True)
+    text = response.body.decode()
+    assert "The write was rolled back" in text and "still <b>Full 1</b>" in text
+    assert 'href="/users/1"' in text
+    assert "Traceback" not in text and "cookbook-test-secret" not in text and "RuntimeError" not in text
+
+
+def test_edit_form_with_an_error_keeps_its_value_and_names_the_field(client, backend):
+    response = client.post("/users/1/edit", {"csrf_token": token(client, "/users/1/edit"), "fullname": " "},
+                           expect_errors=True)
+    assert response.status == 400
+    text = response.body.decode()
+    assert 'id="fullname-error">Full name: 1 to 200 printable characters' in text
+    assert backend.fullname(1) == "Full 1"
+
+
+def test_new_user_form_with_errors_keeps_the_values_but_never_the_password(client):
+    fields = {"csrf_token": token(client), "name": "user1", "fullname": "Ada <L>", "password": "short12"}
+    text = client.post("/users", fields, expect_errors=True).body.decode()
+    assert 'value="user1"' in text and 'value="Ada &lt;L&gt;"' in text and "short12" not in text
+    assert "User name: already taken" in text and "Password: 8 to 200 characters" in text
+
+
+def test_delete_asks_for_confirmation_first(client, backend):
+    assert 'href="/users/2/delete">Delete</a>' in client.get("/users/2").body.decode()
+    text = client.get("/users/2/delete").body.decode()
+    assert "Delete <b>user2</b>" in text and "cannot be undone" in text
+    assert backend.fullname(2) == "Full 2"
+
+
+def test_success_messages_after_each_change(client):
+    assert "User created." in client.get("/users/1?done=created").body.decode()
+    assert "Saved." in client.get("/users/1?done=saved").body.decode()
+    assert "User deleted." in client.get("/?done=deleted").body.decode()
+    assert 'class="notice"' not in client.get("/?done=<script>").body.decode()
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/nowhere", 404), ("GET", "/users/999", 404), ("GET", "/users/abc", 404),
+    ("PUT", "/users/1", 405), ("POST", "/users/1/edit", 403),
+], ids=["unknown-path", "unknown-user", "non-numeric", "method", "csrf"])
+def test_error_pages_share_the_layout_and_a_way_back(client, method, path, status):
+    response = getattr(client, method.lower())(path, expect_errors=True) if method != "PUT" else \
+        client._gen_request("PUT", path, expect_errors=True)
+    text = response.body.decode()
+    assert response.status == status and response.header("Content-Type").startswith("text/html")
+    assert '<html lang="en">' in text and "<nav>" in text and 'href="/">Back to the users' in text
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/api/nowhere", 404), ("GET", "/api/users/999", 404), ("DELETE", "/api/users/1", 405),
+    ("POST", "/api/users/1", 415),
+], ids=["unknown-path", "unknown-user", "method", "content-type"])
+def test_api_errors_are_json(client, method, path, status):
+    response = client._gen_request(method, path, expect_errors=True)
+    assert response.status == status and response.header("Content-Type") == "application/json"
+    assert json.loads(response.body)["error"].startswith(str(status))
+
+
+def test_api_crash_answers_json_saying_nothing_was_kept(client, backend):
+    body = json.loads(post_json(client, "/api/users/1/crash", {"fullname": "never"}).body)
+    assert body == {"error": "500 Internal Server Error", "kept": False,
+                    "message": "The server failed while answering. Nothing this request wrote was kept."}
+
+
+def test_api_delete_needs_json_and_deletes(client, backend):
+    assert post_json(client, "/api/users/2/delete", "x=1", "application/x-www-form-urlencoded").status == 415
+    assert backend.fullname(2) == "Full 2"
+    assert json.loads(post_json(client, "/api/users/2/delete", {}).body)["deleted"] == 2
+    assert backend.fullname(2) is None
+
+
+def test_every_page_shows_its_process_thread_and_stats(client):
+    text = client.get("/").body.decode()
+    assert f'process <b id="pid">{os.getpid()}</b>, thread <b>' in text
+    assert "open scopes 0 (not counting this request)" in text and "oldest open scope 0.000 s" in text
+
+
+def test_first_page_says_what_the_package_does_and_shows_the_rules(client):
+    text = client.get("/").body.decode()
+    assert "gives each web.py request its own SQLObject transaction" in text
+    assert "<td>raises any other exception (web.py makes it a 500)</td><td>rollback</td>" in text
+
+
+def test_stale_page_alone_lists_this_server(client, monkeypatch):
+    monkeypatch.delenv("TXSCOPE_DEMO_PEERS", raising=False)
+    text = client.get("/stale?id=1").body.decode()
+    assert 'id="truth">Full 1<' in text and "python app.py --side-by-side" in text
+
+
+def test_stale_page_saves_through_this_server(client, backend):
+    fields = {"csrf_token": token(client, "/users/1"), "id": "1", "fullname": "Fresh"}
+    response = client.post("/stale", fields)
+    assert response.header("Location").endswith("/stale?id=1&done=saved") and backend.fullname(1) == "Fresh"
+
+
+def test_body_over_the_limit_is_413(client, backend, monkeypatch):
+    monkeypatch.setattr(cookbook, "MAX_BODY", 100)
+    response = client.post("/users/1/edit", {"csrf_token": "x" * 64, "fullname": "y" * 100}, expect_errors=True)
+    assert response.status == 413 and "larger than 100 bytes" in response.body.decode()
     assert backend.fullname(1) == "Full 1"
 
 
@@ -147,7 +252,7 @@ def test_api_update_then_read(client, backend):
     ("{not json", "application/json", 400),
     ("[1, 2]", "application/json", 400),
     (json.dumps({"fullname": 5}), "application/json", 400),
-    (json.dumps({"fullname": "x" * 5000}), "application/json", 400),
+    (json.dumps({"fullname": "x" * 5000}), "application/json", 413),
     (json.dumps({"fullname": "x"}), "application/x-www-form-urlencoded", 415),
 ], ids=["malformed", "not-object", "wrong-type", "oversized", "form-content-type"])
 def test_api_bad_input_is_4xx_and_writes_nothing(client, backend, body, content_type, status):
@@ -166,6 +271,7 @@ def test_api_create_and_crash(client, backend):
 def test_api_stats_reports_no_open_scope_between_requests(client):
     stats = json.loads(client.get("/api/stats").body)
     assert stats["open_scopes"] == 0 and stats["worker"] == str(os.getpid())
+    assert stats["oldest_scope_age"] == 0.0  # not the age of the scope of the request asking
 
 
 # -- the two commands -----------------------------------------------------------------------
