@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -436,7 +437,7 @@ $else:
     <b>The write was rolled back</b>: the full name is still <b>$crash['now']</b>.</p>
 <p><a href="/users/$crash['id']">Back to the user</a></p>
 """
-STALE = """$def with (user, reads, truth, token, peers)
+STALE = """$def with (user, reads, truth, token, peers, here)
 <p>Each server below was asked for user $user['name']'s full name just now.  The
 database holds <b id="truth">$truth</b>.</p>
 <table id="reads">
@@ -448,14 +449,16 @@ $for read in reads:
 $if not peers:
     <p>Only this server is listed.  Start two servers on one database, one with
     the scope and one without, with <code>python app.py --side-by-side</code>.</p>
-<form method="post" action="/stale">
-<input type="hidden" name="csrf_token" value="$token">
-<input type="hidden" name="id" value="$user['id']">
-<label>New full name <input name="fullname" value="" required maxlength="200" autocomplete="off"></label>
-<button>Save through this server</button></form>
-<p>Save a new name, and this page reloads and asks every server again.  The
-server without the scope keeps serving the name it cached before; the one with
-it never does.</p>
+$for label, base in (peers or [("this server", "")]):
+    <form method="post" action="$base/stale">
+    <input type="hidden" name="csrf_token" value="$token">
+    <input type="hidden" name="id" value="$user['id']">
+    <input type="hidden" name="back" value="$here">
+    <label>New full name <input name="fullname" value="" required maxlength="200" autocomplete="off"></label>
+    <button>Save through the server $label</button></form>
+<p>Save a new name through either server, and this page reloads and asks every
+server again.  The server without the scope keeps serving the name it cached
+before; the one with the scope never does.</p>
 """
 layout, footer_t, index_t, show_t, form_t, confirm_t, error_t, crash_t, stale_t = (
     render(t) for t in (LAYOUT, FOOTER, INDEX, SHOW, FORM, CONFIRM, ERROR, CRASH, STALE))
@@ -589,9 +592,8 @@ class stale:
         finally:
             tx.rollback()
         truth = fresh_fullname(user_id, connection)
-        here = [("this server", web.ctx.home)]
-        reads = [read_from(label, base, user_id, truth) for label, base in (peers() or here)]
-        return page("Stale reads, side by side", stale_t(user, reads, truth, csrf_token(), peers()))
+        reads = [read_from(label, base, user_id, truth) for label, base in (peers() or [("this server", web.ctx.home)])]
+        return page("Stale reads, side by side", stale_t(user, reads, truth, csrf_token(), peers(), web.ctx.home))
 
     def POST(self):
         form = dict(form_input())
@@ -601,7 +603,10 @@ class stale:
         if errors:
             raise as_problem(errors)
         user.fullname = form["fullname"]
-        raise web.seeother(f"/stale?id={user.id}&done=saved")
+        # Back to the page the form was on, which may be the other server's;
+        # only a listed server, never an address taken from the form as is.
+        back = form.get("back") if form.get("back") in {base for _, base in peers()} else ""
+        raise web.seeother(f"{back}/stale?id={user.id}&done=saved")
 
 
 def get_user_on(user_id, connection):
@@ -700,8 +705,9 @@ def side_by_side(port):
     print(f"the stale-read page: http://127.0.0.1:{port}/stale  (Ctrl-C stops both)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        for child in children:
-            child.wait()
+        # One server gone (its port taken, say) ends the demo: half of it shows nothing.
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:

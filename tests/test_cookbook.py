@@ -1,5 +1,6 @@
 """The cookbook app: its routes, its input rules, CSRF, escaping, and its two commands."""
 
+import contextlib
 import json
 import os
 import re
@@ -7,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -226,6 +228,15 @@ def test_stale_page_saves_through_this_server(client, backend):
     assert response.header("Location").endswith("/stale?id=1&done=saved") and backend.fullname(1) == "Fresh"
 
 
+def test_stale_page_never_redirects_to_an_address_from_the_form(client, monkeypatch):
+    monkeypatch.setenv("TXSCOPE_DEMO_PEERS", "a=http://127.0.0.1:1")
+    fields = {"csrf_token": token(client, "/users/1"), "id": "1", "fullname": "x"}
+    assert client.post("/stale", dict(fields, back="http://evil.example")).header("Location") == \
+        "http://localhost/stale?id=1&done=saved"
+    assert client.post("/stale", dict(fields, back="http://127.0.0.1:1")).header("Location") == \
+        "http://127.0.0.1:1/stale?id=1&done=saved"
+
+
 def test_body_over_the_limit_is_413(client, backend, monkeypatch):
     monkeypatch.setattr(cookbook, "MAX_BODY", 100)
     response = client.post("/users/1/edit", {"csrf_token": "x" * 64, "fullname": "y" * 100}, expect_errors=True)
@@ -277,35 +288,110 @@ def test_api_stats_reports_no_open_scope_between_requests(client):
 # -- the two commands -----------------------------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(count=1):
+    """A port such that it and the *count* - 1 after it are free."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            for extra in range(1, count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + extra))
+            return port
+        except OSError:
+            continue
 
 
-def test_models_then_app_serve_the_sample_users(tmp_path):
-    env = dict(os.environ, TXSCOPE_DATABASE_URI="", PYTHONPATH=ROOT)
+def wait_for(url, deadline=30):
+    """The page at *url*, once the server answers."""
+    stop = time.monotonic() + deadline
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            assert time.monotonic() < stop, f"nothing answered at {url}"
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serving(cwd, *args, **env):
+    """`python app.py ARGS` in *cwd* with a fresh SQLite database, until the block ends."""
+    env = dict(os.environ, TXSCOPE_DATABASE_URI="", PYTHONPATH=ROOT, **env)
     env.pop("TXSCOPE_CSRF_SECRET")
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "models.py")], cwd=tmp_path, env=env,
+    env.pop("TXSCOPE_DEMO_PEERS", None)
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "models.py")], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=120)
     assert "10 users in sqlite:" in out.stdout, out.stderr
-    assert (tmp_path / "mydatabase.db").exists()
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py"), str(port)], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = open(os.path.join(cwd, "server.log"), "wb")
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py"), *args], cwd=cwd, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                page = urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5).read().decode()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "python app.py did not answer on port %d" % port
-                time.sleep(0.1)
-        assert page.count("<li>") == 10
+        yield
     finally:
         server.terminate()
         server.wait(10)
+        log.close()
+
+
+def call(url, payload=None):
+    """(status, JSON body) of a GET, or of a POST of *payload* as JSON."""
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_models_then_app_serve_the_sample_users(tmp_path):
+    port = _free_port()
+    with serving(tmp_path, str(port)):
+        assert wait_for(f"http://127.0.0.1:{port}/").count("<li>") == 10
+    assert (tmp_path / "mydatabase.db").exists()
+
+
+def test_the_port_can_come_from_the_environment(tmp_path):
+    port = _free_port()
+    with serving(tmp_path, TXSCOPE_PORT=str(port)):
+        assert "One transaction per request" in wait_for(f"http://127.0.0.1:{port}/")
+
+
+def test_python_app_py_shows_no_traceback_and_no_secret(tmp_path):
+    port = _free_port()
+    with serving(tmp_path, str(port)):
+        wait_for(f"http://127.0.0.1:{port}/")
+        status, body = call(f"http://127.0.0.1:{port}/api/users/1/crash", {"fullname": "never"})
+    secret = (tmp_path / "csrf_secret").read_text().strip()
+    assert status == 500 and body["kept"] is False
+    assert "Traceback" not in json.dumps(body) and secret not in json.dumps(body)
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_sent(tmp_path):
+    port = _free_port()
+    with serving(tmp_path, str(port)):
+        wait_for(f"http://127.0.0.1:{port}/")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            # Announces 50 MB and sends none of it: the answer must come anyway.
+            sock.sendall(b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 52428800\r\n\r\n")
+            answer = sock.recv(4096).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413 ")
+
+
+def test_side_by_side_the_unscoped_server_serves_stale_rows_and_the_scoped_one_never(tmp_path):
+    port = _free_port(2)
+    with serving(tmp_path, "--side-by-side", str(port)):
+        scoped, unscoped = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+        wait_for(scoped + "/"), wait_for(unscoped + "/")
+        assert call(unscoped + "/api/users/1")[1]["fullname"] == call(scoped + "/api/users/1")[1]["fullname"]
+        call(unscoped + "/api/users/1", {"fullname": "Changed by the unscoped one"})
+        assert call(scoped + "/api/users/1")[1]["fullname"] == "Changed by the unscoped one"
+        call(scoped + "/api/users/1", {"fullname": "Changed by the scoped one"})
+        assert call(unscoped + "/api/users/1")[1]["fullname"] == "Changed by the unscoped one"
+        page = wait_for(scoped + "/stale?id=1")
+    assert page.count('<tr class="fresh">') == 1 and page.count('<tr class="stale">') == 1
 
 
 def test_form_that_is_not_utf8_is_400(client, backend):
