@@ -374,7 +374,8 @@ committed or rolled back by these rules:</p>
 <tr><td>raises or returns with a 5xx status</td><td>rollback</td><td>the 5xx</td></tr>
 <tr><td>returns, but COMMIT fails</td><td>rollback</td><td>500, never the 2xx/3xx</td></tr>
 <tr><td>could not reach the database</td><td>rollback</td><td>503 with Retry-After</td></tr>
-<tr><td>returns a generator: body exhausted / raises</td><td>commit / rollback</td><td>the body / a truncated body</td></tr>
+<tr><td>returns a generator: body exhausted</td><td>commit</td><td>the streamed body</td></tr>
+<tr><td>returns a generator: body raises or is closed early</td><td>rollback</td><td>a truncated body</td></tr>
 </table>
 <p>Try it: open a user and press <i>Write, then crash</i> (the write is rolled
 back), or watch two servers side by side on <a href="/stale">the stale-read page</a>.</p>

@@ -1,13 +1,9 @@
 """The cookbook app: its routes, its input rules, CSRF, escaping, and its two commands."""
 
-import contextlib
 import json
 import os
 import re
 import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -15,10 +11,9 @@ import pytest
 
 os.environ.setdefault("TXSCOPE_CSRF_SECRET", "cookbook-test-secret")
 import app as cookbook  # noqa: E402
-from models import User, check_password  # noqa: E402
+from models import check_password  # noqa: E402
+from demo_server import free_port as _free_port, serving, wait_for  # noqa: E402
 from webapps import paste_app  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -286,52 +281,6 @@ def test_api_stats_reports_no_open_scope_between_requests(client):
 
 
 # -- the two commands -----------------------------------------------------------------------
-
-
-def _free_port(count=1):
-    """A port such that it and the *count* - 1 after it are free."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            for extra in range(1, count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + extra))
-            return port
-        except OSError:
-            continue
-
-
-def wait_for(url, deadline=30):
-    """The page at *url*, once the server answers."""
-    stop = time.monotonic() + deadline
-    while True:
-        try:
-            return urllib.request.urlopen(url, timeout=5).read().decode()
-        except OSError:
-            assert time.monotonic() < stop, f"nothing answered at {url}"
-            time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def serving(cwd, *args, **env):
-    """`python app.py ARGS` in *cwd* with a fresh SQLite database, until the block ends."""
-    env = dict(os.environ, TXSCOPE_DATABASE_URI="", PYTHONPATH=ROOT, **env)
-    env.pop("TXSCOPE_CSRF_SECRET")
-    env.pop("TXSCOPE_DEMO_PEERS", None)
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "models.py")], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert "10 users in sqlite:" in out.stdout, out.stderr
-    log = open(os.path.join(cwd, "server.log"), "wb")
-    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py"), *args], cwd=cwd, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield
-    finally:
-        server.terminate()
-        server.wait(10)
-        log.close()
 
 
 def call(url, payload=None):

@@ -224,7 +224,8 @@ def imported_names(source):
                     yield alias.name, None
 
 
-REPO_FILE = re.compile(r"(?<![\w/.$-])((?:\.ci|cookbook|tests|bench|webpy_txscope)/[\w./-]*\w|[\w-]+\.(?:py|sh|wsgi|org))\b")
+REPO_FILE = re.compile(r"(?<![\w/.$-])((?:\.ci|cookbook|tests|bench|webpy_txscope)/[\w./-]*\w"
+                       r"|[\w-]+\.(?:py|sh|wsgi|org))\b")
 
 
 def check_shell(block):
