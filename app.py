@@ -154,7 +154,8 @@ def _error_answer(status, error):
     else:
         body = error_t(message)
     web.header("Content-Type", "text/html; charset=utf-8")
-    return web.HTTPError(status, {}, str(layout(status[4:], body, footer())))
+    title = "The request crashed" if crash else status[4:]
+    return web.HTTPError(status, {}, str(layout(title, body, footer())))
 
 
 app = web.application(urls, globals())
