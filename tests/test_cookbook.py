@@ -329,6 +329,30 @@ def test_a_body_over_the_limit_gets_413_before_it_is_sent(tmp_path):
     assert answer.startswith("HTTP/1.1 413 ")
 
 
+def chunked_post(port, path, body, chunk=50):
+    """The status line of a POST of *body* sent with Transfer-Encoding: chunked (no length)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode())
+        for start in range(0, len(body), chunk):
+            part = body[start:start + chunk]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        sock.sendall(b"0\r\n\r\n")
+        return sock.recv(4096).decode("latin-1").split("\r\n")[0]
+
+
+def test_a_chunked_body_is_read_up_to_the_limit_only(tmp_path):
+    port = _free_port()
+    with serving(tmp_path, str(port), TXSCOPE_MAX_BODY="200"):
+        wait_for(f"http://127.0.0.1:{port}/")
+        small = json.dumps({"fullname": "Sent in chunks"}).encode()
+        assert chunked_post(port, "/api/users/1", small) == "HTTP/1.1 200 OK"
+        assert call(f"http://127.0.0.1:{port}/api/users/1")[1]["fullname"] == "Sent in chunks"
+        big = json.dumps({"fullname": "x" * 190}).encode()
+        assert chunked_post(port, "/api/users/1", big) == "HTTP/1.1 413 Request Entity Too Large"
+        assert call(f"http://127.0.0.1:{port}/api/users/1")[1]["fullname"] == "Sent in chunks"
+
+
 def test_side_by_side_the_unscoped_server_serves_stale_rows_and_the_scoped_one_never(tmp_path):
     port = _free_port(2)
     with serving(tmp_path, "--side-by-side", str(port)):
