@@ -317,6 +317,18 @@ def test_python_app_py_shows_no_traceback_and_no_secret(tmp_path):
     assert "Traceback" not in json.dumps(body) and secret not in json.dumps(body)
 
 
+def test_debug_pages_only_when_turned_on_explicitly(tmp_path):
+    port = _free_port()
+    with serving(tmp_path, str(port), TXSCOPE_DEBUG="1"):
+        wait_for(f"http://127.0.0.1:{port}/")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            # Read raw: web.py's debug page does not always make a well-formed chunked reply.
+            sock.sendall(b"POST /api/users/1/crash HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 17\r\nConnection: close\r\n\r\n{\"fullname\": \"x\"}")
+            answer = b"".join(iter(lambda: sock.recv(65536), b"")).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 500 ") and "RuntimeError" in answer
+
+
 def test_a_body_over_the_limit_gets_413_before_it_is_sent(tmp_path):
     port = _free_port()
     with serving(tmp_path, str(port)):
