@@ -91,7 +91,7 @@ def bad_request(message):
 def limit_body(handler):
     """Answer 413 to a body over MAX_BODY before anything reads it."""
     env = web.ctx.env
-    length = env.get("CONTENT_LENGTH")
+    length = str(env.get("CONTENT_LENGTH") or "")  # web.py's app.request() puts an int here
     if length:
         if not length.isdigit():
             raise bad_request("malformed Content-Length")
