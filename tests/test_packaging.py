@@ -50,7 +50,8 @@ def test_the_wheel_holds_the_package_its_license_and_entry_points_only(dist):
     names = zipfile.ZipFile(dist[1]).namelist()
     top = {name.split("/")[0] for name in names}
     assert top == {"webpy_txscope", "webpy_txscope-1.0.0.dist-info"}
-    assert {"webpy_txscope/__init__.py", "webpy_txscope/pytest_plugin.py", "webpy_txscope/check.py"} <= set(names)
+    assert {"webpy_txscope/__init__.py", "webpy_txscope/pytest_plugin.py", "webpy_txscope/check.py",
+            "webpy_txscope/py.typed"} <= set(names)
     assert any(name.endswith("LICENSE") and ".dist-info/" in name for name in names)
     entry_points = zipfile.ZipFile(dist[1]).read("webpy_txscope-1.0.0.dist-info/entry_points.txt").decode()
     assert "txscope = webpy_txscope.pytest_plugin" in entry_points and "txscope-check" in entry_points
@@ -69,7 +70,7 @@ def test_the_sdist_holds_the_package_docs_and_demo_but_no_tests(dist):
     with tarfile.open(dist[0]) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {"LICENSE", "README.org", "app.py", "models.py", "cookbook/recipe.org", "setup.cfg",
-            "webpy_txscope/core.py"} <= names
+            "webpy_txscope/core.py", "webpy_txscope/py.typed"} <= names
     assert not [name for name in names if name.startswith(("tests/", "bench/", ".ci/"))]
 
 
