@@ -132,7 +132,8 @@ def error_pages(handler):
 DEFAULT_MESSAGES = {
     "404": "There is nothing at this address.",
     "405": "This address does not answer {method}.",
-    "500": "The server failed while answering. Nothing this request wrote was kept.",
+    # Not "nothing was kept": a connection lost during COMMIT may have kept it.
+    "500": "The server failed while answering. Reload the page to see what was saved.",
     "503": "The database cannot be reached right now; nothing was written. Try again shortly.",
 }
 

@@ -189,7 +189,7 @@ def test_api_errors_are_json(client, method, path, status):
 def test_api_crash_answers_json_saying_nothing_was_kept(client, backend):
     body = json.loads(post_json(client, "/api/users/1/crash", {"fullname": "never"}).body)
     assert body == {"error": "500 Internal Server Error", "kept": False,
-                    "message": "The server failed while answering. Nothing this request wrote was kept."}
+                    "message": "The server failed while answering. Reload the page to see what was saved."}
 
 
 def test_api_delete_needs_json_and_deletes(client, backend):
@@ -376,6 +376,11 @@ def test_side_by_side_the_unscoped_server_serves_stale_rows_and_the_scoped_one_n
         call(scoped + "/api/users/1", {"fullname": "Changed by the scoped one"})
         assert call(unscoped + "/api/users/1")[1]["fullname"] == "Changed by the unscoped one"
         page = wait_for(scoped + "/stale?id=1")
+        # The crash route tells the truth either way: without the scope the write stays.
+        assert call(unscoped + "/api/users/2/crash", {"fullname": "kept"}) == (500, {
+            "error": "500 Internal Server Error", "kept": True,
+            "message": "The server failed while answering. Reload the page to see what was saved."})
+        assert call(scoped + "/api/users/2")[1]["fullname"] == "kept"
     assert page.count('<tr class="fresh">') == 1 and page.count('<tr class="stale">') == 1
 
 
