@@ -40,9 +40,9 @@ install_apt_packages() {
     missing="$(missing_apt_packages)"
     [ -z "$missing" ] && return
     echo "install-modwsgi: apt-get install $missing" | tr '\n' ' '; echo
-    apt-get update -qq
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
     # shellcheck disable=SC2086  # one word per package
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq $missing >/dev/null
 }
 
 venv_is_current() {

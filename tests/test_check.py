@@ -31,11 +31,13 @@ class FakeCookbook:
     fault: None (correct), "stale" (reads return the value the row was
     created with, like a cache nobody expires), "leaky" (a crashed write is
     kept), "lossy" (a crash also undoes the last acknowledged write), "flaky"
-    (every 7th row read answers 503).
+    (every 7th row read answers 503), "sticky" (deletes answer 500).
+    `workers` are the worker ids its answers name, in turn.
     """
 
-    def __init__(self, fault=None):
+    def __init__(self, fault=None, workers=WORKERS):
         self.fault = fault
+        self.workers = workers
         self.rows = {}
         self.created = {}
         self.lock = threading.Lock()
@@ -48,7 +50,7 @@ class FakeCookbook:
         payload = json.loads(environ["wsgi.input"].read(length) or b"null")
         status, body = self.route(method, path, payload)
         if body is not None:
-            body["worker"] = WORKERS[next(self.requests) % len(WORKERS)]
+            body["worker"] = self.workers[next(self.requests) % len(self.workers)]
         start_response(status, [("Content-Type", "application/json")])
         return [json.dumps(body).encode()]
 
@@ -57,12 +59,14 @@ class FakeCookbook:
             return "200 OK", {"open_scopes": 0}
         if method == "POST" and path == "/api/users":
             return self.create(payload)
-        match = re.fullmatch(r"/api/users/(\d+)(/crash)?", path)
+        match = re.fullmatch(r"/api/users/(\d+)(/crash|/delete)?", path)
         if not match or int(match[1]) not in self.rows:
             return "404 Not Found", {"error": "not found"}
         user_id = int(match[1])
         if method == "GET":
             return self.read(user_id)
+        if match[2] == "/delete":
+            return self.delete(user_id)
         if match[2]:
             return self.crash(user_id, payload["fullname"])
         self.rows[user_id] = payload["fullname"]
@@ -80,6 +84,13 @@ class FakeCookbook:
         if self.fault == "stale":
             return "200 OK", self.user(user_id, self.created[user_id])
         return "200 OK", self.user(user_id, self.rows[user_id])
+
+    def delete(self, user_id):
+        if self.fault == "sticky":
+            return "500 Internal Server Error", None
+        with self.lock:
+            del self.rows[user_id]
+        return "200 OK", {"deleted": user_id}
 
     def crash(self, user_id, fullname):
         if self.fault == "leaky":
@@ -118,9 +129,13 @@ def running(app):
 
 @pytest.fixture
 def serve_fake():
-    """Yields a function: fault -> base URL of a running FakeCookbook."""
+    """Yields a function: (fault, workers) -> base URL of a running FakeCookbook, kept as `.fake`."""
     with contextlib.ExitStack() as stack:
-        yield lambda fault=None: stack.enter_context(running(FakeCookbook(fault)))
+        def serve(fault=None, workers=WORKERS):
+            serve.fake = FakeCookbook(fault, workers)
+            return stack.enter_context(running(serve.fake))
+
+        yield serve
 
 
 def run_check(capsys, url, *options):
@@ -248,6 +263,36 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exited:
         check.main(argv)
     assert exited.value.code == check.EXIT_UNUSABLE
+
+
+def test_every_row_the_run_created_is_deleted_at_the_end(serve_fake, capsys):
+    _, numbers = run_check(capsys, serve_fake())
+    assert serve_fake.fake.created and serve_fake.fake.rows == {}
+    assert numbers["rows_not_deleted"] == 0
+
+
+def test_rows_that_could_not_be_deleted_are_named(serve_fake, capsys):
+    check.main([serve_fake("sticky"), *SMALL])
+    out = capsys.readouterr().out
+    assert out.count("not deleted: row") == 4 and "delete answered 500" in out
+
+
+def test_a_single_worker_is_a_warning_but_exits_0(serve_fake, capsys):
+    status = check.main([serve_fake(workers=("101",)), *SMALL])
+    captured = capsys.readouterr()
+    assert status == check.EXIT_OK
+    assert "warning: only 1 worker process answered" in captured.err
+    assert "warning: only 1 worker process answered" in captured.out
+
+
+def test_a_single_worker_fails_with_strict(serve_fake, capsys):
+    assert check.main([serve_fake(workers=("101",)), *SMALL, "--strict"]) == check.EXIT_UNUSABLE
+    assert "Serve the app with several processes" in capsys.readouterr().err
+
+
+def test_two_workers_give_no_warning_even_with_strict(serve_fake, capsys):
+    assert check.main([serve_fake(workers=("101", "102")), *SMALL, "--strict"]) == check.EXIT_OK
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_help_lists_the_options_and_exits_0(capsys):

@@ -15,12 +15,18 @@ That value must never be read (a *leaked crash write*: the crashed request was
 committed), and the last acknowledged value must still be there (a *lost
 write*).
 
+At the end every row the run created is deleted again.  Stale reads only
+show when reads land on another server process than the write, so a run
+that saw fewer than two worker processes says so (and fails with
+``--strict``).
+
 It drives the cookbook's JSON API only (``/api/users``, ``/api/stats``) and
 uses the standard library only, so it can run from any Python next to any
 deployment.
 
 Exit status: 0 when no stale read, leaked crash write or lost write was seen;
-1 when any was; 2 for a usage error or a target that cannot be used.
+1 when any was; 2 for a usage error or a target that cannot be used (with
+``--strict``, also when fewer than two workers answered).
 """
 
 from __future__ import annotations
@@ -114,6 +120,9 @@ class Api:
     def crash_update(self, user_id: int, fullname: str) -> Reply:
         return self.request("POST", f"/api/users/{user_id}/crash", {"fullname": fullname})
 
+    def delete_user(self, user_id: int) -> Reply:
+        return self.request("POST", f"/api/users/{user_id}/delete", {})
+
 
 def _json_or_none(raw: bytes) -> Any:
     try:
@@ -161,6 +170,7 @@ class Tally:
     workers: set[str] = field(default_factory=set)
     examples: list[str] = field(default_factory=list)
     first_error: str = ""
+    not_deleted: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def check(self, problem: str | None, detail: str) -> None:
@@ -180,6 +190,10 @@ class Tally:
         with self._lock:
             self.http_errors += 1
             self.first_error = self.first_error or detail
+
+    def left_behind(self, detail: str) -> None:
+        with self._lock:
+            self.not_deleted.append(detail)
 
     def saw(self, body: Any) -> None:
         """Remember which worker process answered, when the answer says."""
@@ -260,6 +274,7 @@ class Options:
     crash_every: int
     timeout: float
     prefix: str
+    strict: bool
     quiet: bool
     json: bool
 
@@ -276,16 +291,30 @@ class Client:
         self._serial = itertools.count()
 
     def run(self) -> None:
-        """Create this client's rows, then do every round on each of them."""
+        """Create this client's rows, do every round on each of them, then delete them."""
         rows = [self._create_row(index) for index in range(self.options.rows_per_client)]
-        rounds = self.options.rounds
-        self.progress.advance(rounds * rows.count(None))
-        for round_number in range(1, rounds + 1):
+        try:
+            rounds = self.options.rounds
+            self.progress.advance(rounds * rows.count(None))
+            for round_number in range(1, rounds + 1):
+                for row in filter(None, rows):
+                    self._write_and_read(row)
+                    if self._crash_due(round_number):
+                        self._crash_and_read(row)
+                    self.progress.advance()
+        finally:
             for row in filter(None, rows):
-                self._write_and_read(row)
-                if self._crash_due(round_number):
-                    self._crash_and_read(row)
-                self.progress.advance()
+                self._delete_row(row)
+
+    def _delete_row(self, row: Row) -> None:
+        """Remove a row this run created; a row left behind is named in the report."""
+        try:
+            reply = self.api.delete_user(row.id)
+        except TransportError as error:
+            self.tally.left_behind(f"row {row.id}: {error}")
+            return
+        if reply.status != 200:
+            self.tally.left_behind(f"row {row.id}: delete answered {reply.status}")
 
     def _create_row(self, index: int) -> Row | None:
         name = f"{self.options.prefix}-{self.number}-{index}"
@@ -400,6 +429,7 @@ def summary(tally: Tally, seconds: float) -> dict:
         "lost_writes": tally.lost_writes,
         "http_errors": tally.http_errors,
         "workers_seen": len(tally.workers),
+        "rows_not_deleted": len(tally.not_deleted),
         "duration_s": round(seconds, 3),
         "ok": tally.checks > 0 and tally.problems() == 0,
     }
@@ -424,10 +454,22 @@ def report(url: str, tally: Tally, numbers: dict, out: TextIO) -> None:
         out.write(f"  e.g. {example}\n")
     if tally.first_error:
         out.write(f"  first HTTP error: {tally.first_error}\n")
+    for detail in tally.not_deleted[:MAX_EXAMPLES]:
+        out.write(f"  not deleted: {detail}\n")
+    if numbers["workers_seen"] < 2:
+        out.write(f"  warning: {one_worker_warning(numbers['workers_seen'])}\n")
     verdict = "OK" if numbers["ok"] else "FAILED"
     if numbers["http_errors"]:
         verdict += f" (with {numbers['http_errors']} HTTP errors: fewer checks than planned)"
     out.write(f"result: {verdict}\n")
+
+
+def one_worker_warning(workers: int) -> str:
+    return (
+        f"only {workers} worker process answered; a stale read needs a read served by another "
+        "process than the write, so this run could not show one. Serve the app with several "
+        "processes (e.g. mod_wsgi-express --processes 3) and run again"
+    )
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -461,7 +503,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         prog="txscope-check",
         description="Look for stale reads, leaked crash writes and lost writes in a running "
         "deployment of the webpy_txscope cookbook app.",
-        epilog="Exit status: 0 clean, 1 problems found, 2 usage or connection error.",
+        epilog="Exit status: 0 clean, 1 problems found, 2 usage or connection error "
+        "(or, with --strict, fewer than two workers seen).",
     )
     parser.add_argument("url", type=_http_url, help="base URL of the deployment, e.g. http://127.0.0.1:8000")
     parser.add_argument("--clients", type=_positive(int), default=8, metavar="N",
@@ -478,6 +521,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
                         help="seconds to wait for each answer (default: %(default)s)")
     parser.add_argument("--prefix", default=f"chk{secrets.token_hex(3)}",
                         help="start of the names of the rows this run creates (default: random)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 2 when fewer than two worker processes answered")
     parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     parser.add_argument("--json", action="store_true",
                         help="also print the summary as one JSON line, last on stdout")
@@ -500,6 +545,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if tally.checks == 0:
         sys.stderr.write(f"txscope-check: no check could be made; first error: {tally.first_error}\n")
         return EXIT_UNUSABLE
+    if numbers["workers_seen"] < 2:
+        sys.stderr.write(f"txscope-check: warning: {one_worker_warning(numbers['workers_seen'])}\n")
+        if options.strict:
+            return EXIT_UNUSABLE
     return EXIT_OK if numbers["ok"] else EXIT_PROBLEMS
 
 
