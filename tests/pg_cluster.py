@@ -228,3 +228,11 @@ class PgCluster:
         """Change *node*'s ``recovery_min_apply_delay`` at once (a reload, no restart)."""
         node.sql(f"ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'")
         node.sql("SELECT pg_reload_conf()")
+        # The reload is asynchronous: new sessions show the new value once the
+        # server processes (the startup process among them) have read it.
+        wanted = node.sql("SELECT %s::interval::text", delay)[0][0]
+        deadline = time.monotonic() + 10
+        while node.sql("SELECT current_setting('recovery_min_apply_delay')::interval::text")[0][0] != wanted:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{node.name} did not take recovery_min_apply_delay = {delay}")
+            time.sleep(0.01)

@@ -1,0 +1,430 @@
+"""Reads on PostgreSQL streaming replicas, without stale reads.
+
+A replica applies the primary's commits a little later.  A client that saves a
+form and is sent to a page read from a replica would see its old value: the
+stale read this package exists to prevent, one level up.  This module decides,
+per request, which server a scope runs on, from WAL positions (never from
+timers):
+
+* Requests with a safe method (GET, HEAD, OPTIONS) may read on a replica, in a
+  READ ONLY transaction; every other request runs on the primary.
+* ``consistency="session"``: read-your-writes and monotonic reads per client.
+  The client carries a *position* in a cookie: the primary's WAL position
+  after its last commit, raised after every read to what that read may have
+  seen.  A replica serves the client only once it has replayed past that
+  position (waiting at most ``replica_wait`` seconds, else the primary).
+* ``consistency="strong"``: every replica read first asks the primary for its
+  current position (one round trip) and runs on a replica that replayed past
+  it, or on the primary: a read that starts after any commit was
+  acknowledged, to anyone, sees it.
+
+Replay positions only grow, so a position a replica was once seen to have
+replayed is proof enough: most reads are routed with no round trip at all.
+A replica that cannot be reached (or is no longer in recovery) is skipped,
+probed again with a growing backoff, and logged once per outage;
+``max_replica_lag`` (seconds) keeps clients without a position off replicas
+that fall too far behind.
+
+The router is framework-free: the adapters ask :meth:`ReplicaRouter.route`
+when a request starts and :meth:`ReplicaRouter.position_after` when it ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlobject.dbconnection import DBConnection
+
+from ._errors import ConfigurationError, _chain, _codes
+from ._uri import describe, open_connection, scrub
+
+log = logging.getLogger("webpy_txscope")
+
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+CONSISTENCY = ("session", "strong")
+#: The cookie that carries a client's position (session consistency).
+POSITION_COOKIE = "txscope_pos"
+#: SQLSTATE of a write in a READ ONLY transaction.
+READ_ONLY_SQL_TRANSACTION = "25006"
+
+# The default WAL page size (XLOG_BLCKSZ) and its header sizes: see _replayed_past.
+_WAL_PAGE = 8192
+_WAL_PAGE_HEADERS = (24, 40)
+
+_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+
+# Seconds a replica that failed is left alone before the next probe: doubled
+# after every failed probe, up to the maximum.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+# How old a replica's measured lag may be before max_replica_lag asks again.
+LAG_FRESH = 1.0
+# Between two polls of a replica a client waits for.
+POLL_INTERVAL = 0.005
+
+_PROBE = ("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+          # Idle replicas have replayed everything they received: no lag, whatever
+          # the timestamp of the last commit says.
+          "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+          "ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END")
+# Where the primary's next WAL record goes: past every commit acknowledged so
+# far, also with synchronous_commit = off (whose commits may not be written yet).
+_PRIMARY_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
+
+
+def parse_lsn(text: Any) -> int | None:
+    """A WAL position as a number, or None for anything that is not one.
+
+    >>> parse_lsn("0/3000060")
+    50331744
+    >>> parse_lsn("16/B374D848"), parse_lsn("nonsense"), parse_lsn(None)
+    (97500059720, None, None)
+    """
+    if not isinstance(text, str):
+        return None
+    match = _LSN.match(text.strip())
+    if match is None:
+        return None
+    return int(match.group(1), 16) << 32 | int(match.group(2), 16)
+
+
+def format_lsn(position: int) -> str:
+    """A WAL position as PostgreSQL writes it.
+
+    >>> format_lsn(50331744)
+    '0/3000060'
+    """
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def _replayed_past(replayed: int, target: int) -> bool:
+    """True if a replica that replayed up to *replayed* has everything before *target*.
+
+    *target* comes from ``pg_current_wal_insert_lsn()``, which on a fresh WAL
+    page points past the page header, where no record ends; the replica's
+    replay position then stops at the page start until the next record.
+
+    >>> _replayed_past(0x4000000, 0x4000018), _replayed_past(0x3FFFFF8, 0x4000018)
+    (True, False)
+    """
+    if replayed >= target:
+        return True
+    header = target % _WAL_PAGE
+    return header in _WAL_PAGE_HEADERS and replayed >= target - header
+
+
+def is_write_on_replica(error: BaseException | None) -> bool:
+    """True if *error* is PostgreSQL refusing a write in a read-only transaction (SQLSTATE 25006)."""
+    return any(code == READ_ONLY_SQL_TRANSACTION for err in _chain(error) for code in _codes(err))
+
+
+class _Probes:
+    """Driver connections in autocommit for the router's own queries, one server.
+
+    Not SQLObject's pool: its autocommit path puts a connection that died back
+    into the pool.  Here a connection that failed is closed and dropped.
+    """
+
+    def __init__(self, connection: DBConnection):
+        self.connection = connection
+        self._idle: list = []
+
+    def query(self, sql: str) -> tuple:
+        db = self.connection
+        try:
+            raw = self._idle.pop()
+        except IndexError:
+            raw = db.makeConnection()
+            db._setAutoCommit(raw, True)
+            if getattr(raw, "prepare_threshold", None) is not None:
+                raw.prepare_threshold = None  # psycopg 3: nothing prepared, for PgBouncer in front
+        try:
+            cursor = raw.cursor()
+            cursor.execute(sql)
+            row = cursor.fetchone()
+            cursor.close()
+        except BaseException:
+            try:
+                raw.close()
+            except Exception:
+                pass
+            raise
+        self._idle.append(raw)
+        return row
+
+    def close(self) -> None:
+        while self._idle:
+            try:
+                self._idle.pop().close()
+            except Exception:
+                pass
+
+
+class Replica:
+    """One replica as this process knows it: what it replayed, its lag, its health."""
+
+    def __init__(self, connection: DBConnection):
+        self.connection = connection
+        self.name = describe(connection)
+        self.probes = _Probes(connection)
+        self.replayed = 0  # the highest replay position seen: it never goes back
+        self.lag = 0.0
+        self.lag_at = 0.0  # monotonic time of the last lag measurement (0: never)
+        self.down = False
+        self.retry_at = 0.0  # while down: when to probe again
+        self.backoff = BACKOFF_FIRST
+        self._health = threading.Lock()
+
+    def probe(self) -> bool:
+        """Ask the replica where it is; False (and marked down) if it cannot say."""
+        try:
+            recovering, replayed, lag = self.probes.query(_PROBE)
+        except Exception as e:
+            self.failed(e)
+            return False
+        if not recovering:
+            self.failed(ConfigurationError("it is not in recovery: it was promoted, or is not a replica"))
+            return False
+        position = parse_lsn(replayed) or 0
+        if position > self.replayed:
+            self.replayed = position
+        self.lag = float(lag or 0)
+        self.lag_at = time.monotonic()
+        if self.down:
+            with self._health:
+                was_down, self.down = self.down, False
+                self.backoff = BACKOFF_FIRST
+            if was_down:
+                log.warning("replica %s is reachable again; reads go to it again", self.name)
+        return True
+
+    def failed(self, error: BaseException) -> None:
+        """Take the replica out of service until a probe after the backoff; log once per outage."""
+        with self._health:
+            was_down, self.down = self.down, True
+            self.retry_at = time.monotonic() + self.backoff
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+        if not was_down:
+            log.error("replica %s is unreachable, reading elsewhere until it is back: %s",
+                      self.name, scrub(f"{type(error).__name__}: {error}", self.connection))
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one scope runs: the primary (``replica`` None) or a replica.
+
+    *position* is the client's position as the request brought it (session
+    consistency; None without a valid cookie), *cookie* the raw cookie value.
+    """
+
+    connection: DBConnection
+    replica: Replica | None
+    position: int | None
+    cookie: str | None
+
+    @property
+    def on_replica(self) -> bool:
+        return self.replica is not None
+
+
+class ReplicaRouter:
+    """Chooses the server of each scope among a primary and its streaming replicas."""
+
+    def __init__(self, primary: DBConnection, replicas: Iterable[Any], *, consistency: str = "session",
+                 replica_wait: float = 0.5, max_replica_lag: float | None = None):
+        self.primary = primary
+        self.consistency = _check_consistency(consistency)
+        self.replica_wait = _seconds("replica_wait", replica_wait)
+        self.max_replica_lag = None if max_replica_lag is None else _seconds("max_replica_lag", max_replica_lag)
+        self.replicas = [Replica(c) for c in _replica_connections(primary, replicas)]
+        self.primary_probes = _Probes(primary)
+        self.primary_position = 0  # the highest position of the primary seen
+        self._next = 0
+        self.counts = {"replica_reads": 0, "primary_reads": 0, "replica_fallbacks": 0, "replica_waits": 0,
+                       "replica_reruns": 0}
+
+    def __repr__(self) -> str:
+        return f"<ReplicaRouter {self.consistency} {describe(self.primary)} + {len(self.replicas)} replicas>"
+
+    # -- when a request starts -----------------------------------------------------------
+
+    def route(self, method: str, cookie: str | None = None, replica: bool = True) -> Route:
+        """The server for a request with *method* and the client's position *cookie*.
+
+        *replica* False keeps the request on the primary (a handler marked
+        ``scope_options(replica=False)``).
+        """
+        position = parse_lsn(cookie) if self.consistency == "session" else None
+        if not replica or method not in SAFE_METHODS:
+            return Route(self.primary, None, position, cookie)
+        chosen = self._choose(self._target(position))
+        if chosen is None:
+            self.counts["primary_reads"] += 1
+            self.counts["replica_fallbacks"] += 1
+            return Route(self.primary, None, position, cookie)
+        self.counts["replica_reads"] += 1
+        return Route(chosen.connection, chosen, position, cookie)
+
+    def _target(self, position: int | None) -> int:
+        """The WAL position a replica must have replayed to serve this read."""
+        if self.consistency == "strong":
+            return self._ask_primary()
+        if position is None:
+            return 0
+        if position > self.primary_position:
+            # From another process, or forged: never ahead of the primary, so
+            # a forged position costs one round trip and no wait.
+            position = min(position, self._ask_primary())
+        return position
+
+    def _ask_primary(self) -> int:
+        position = parse_lsn(self.primary_probes.query(_PRIMARY_POSITION)[0]) or 0
+        if position > self.primary_position:
+            self.primary_position = position
+        return position
+
+    def _choose(self, target: int) -> Replica | None:
+        now = time.monotonic()
+        for replica in self.replicas:
+            if replica.down and now >= replica.retry_at:
+                replica.retry_at = now + replica.backoff  # one thread probes, the others go on
+                replica.probe()
+        start = self._next = (self._next + 1) % len(self.replicas)
+        candidates = [r for r in self.replicas[start:] + self.replicas[:start] if not r.down]
+        for replica in candidates:  # known to have replayed enough: no round trip
+            if _replayed_past(replica.replayed, target) and self._lag_ok(replica, now):
+                return replica
+        deadline = now + self.replica_wait
+        waited = False
+        while candidates:
+            for replica in candidates:
+                if replica.probe() and _replayed_past(replica.replayed, target) and self._lag_ok(replica, None):
+                    if waited:
+                        self.counts["replica_waits"] += 1
+                    return replica
+            candidates = [r for r in candidates if not r.down]
+            if not candidates or time.monotonic() + POLL_INTERVAL > deadline:
+                return None
+            waited = True
+            time.sleep(POLL_INTERVAL)
+        return None
+
+    def _lag_ok(self, replica: Replica, now: float | None) -> bool:
+        """Within max_replica_lag (measured again when the last measurement is old)."""
+        limit = self.max_replica_lag
+        if limit is None:
+            return True
+        if now is not None and now - replica.lag_at > LAG_FRESH and not replica.probe():
+            return False
+        return replica.lag <= limit
+
+    # -- when it ended ----------------------------------------------------------------------
+
+    def position_after(self, route: Route, touched: bool) -> str | None:
+        """The client's new position cookie value, or None to leave the cookie as it is.
+
+        Session consistency only, and only after a scope that touched the
+        database: on the primary, the primary's position now (past the commit
+        just made and everything the scope read); on a replica, the replica's
+        replay position now (past everything the scope's statements saw).
+        Never lower than the client's position, unless that was beyond the
+        primary's (forged).
+        """
+        if self.consistency != "session" or not touched:
+            return None
+        try:
+            # A replica that cannot say where it is now: the primary's position
+            # is past anything the replica could have shown.
+            if route.replica is not None and route.replica.probe():
+                position = route.replica.replayed
+            else:
+                position = self._ask_primary()
+        except Exception:
+            log.exception("could not read the WAL position for the client's cookie; it keeps its old one")
+            return None
+        if route.position is not None and route.position > position and route.position <= self.primary_position:
+            position = route.position
+        value = format_lsn(position)
+        return None if value == route.cookie else value
+
+    def rerun_on_primary(self, route: Route, error: BaseException | None, disconnected: bool) -> bool:
+        """True if a scope on a replica failed in a way the primary fixes: run the request there.
+
+        A handler of a safe method that writes gets SQLSTATE 25006 on the
+        replica; a replica lost mid-request is taken out of service.
+        """
+        if route.replica is None:
+            return False
+        if disconnected:
+            route.replica.failed(error or ConnectionError("connection lost"))
+        elif not is_write_on_replica(error):
+            return False
+        self.counts["replica_reruns"] += 1
+        return True
+
+    def primary_route(self, route: Route) -> Route:
+        """The same request's route, on the primary."""
+        return Route(self.primary, None, route.position, route.cookie)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def close(self) -> None:
+        self.primary_probes.close()
+        for replica in self.replicas:
+            replica.probes.close()
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def _check_consistency(consistency: Any) -> str:
+    if consistency not in CONSISTENCY:
+        raise ConfigurationError(f"unknown consistency {consistency!r}: use 'session' (read-your-writes per "
+                                 f"client, by cookie) or 'strong' (no stale read for anyone)")
+    return consistency
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or value == float("inf"):
+        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def _replica_connections(primary: DBConnection, replicas: Iterable[Any]) -> list[DBConnection]:
+    kind = primary.dbName
+    if kind != "postgres":
+        what = "SQLite has no replicas" if kind == "sqlite" else "replicas are supported on PostgreSQL only"
+        raise ConfigurationError(f"replicas= with {describe(primary)}: {what}; drop replicas=, or use "
+                                 f"PostgreSQL streaming replicas")
+    if isinstance(replicas, (str, bytes, DBConnection)) or not hasattr(replicas, "__iter__"):
+        raise ConfigurationError("replicas= takes a list of PostgreSQL URIs, for example "
+                                 "replicas=['postgres://app@replica1/db']")
+    connections = []
+    for replica in replicas:
+        connection = open_connection(replica)
+        if connection.dbName != "postgres":
+            raise ConfigurationError(f"replica {describe(connection)} is not a PostgreSQL database: "
+                                     f"replicas of a PostgreSQL primary are PostgreSQL URIs too")
+        if _same_server(connection, primary):
+            raise ConfigurationError(f"replica {describe(connection)} is the primary itself: list the "
+                                     f"replicas' own hosts or ports in replicas=")
+        if any(_same_server(connection, other) for other in connections):
+            raise ConfigurationError(f"replica {describe(connection)} is listed twice in replicas=")
+        connections.append(connection)
+    return connections
+
+
+def _same_server(a: DBConnection, b: DBConnection) -> bool:
+    def where(c):
+        host = getattr(c, "host", None) or "localhost"
+        return ("localhost" if host == "127.0.0.1" else host, getattr(c, "port", None) or 5432,
+                getattr(c, "db", None))
+
+    return where(a) == where(b)
