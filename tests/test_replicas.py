@@ -7,6 +7,7 @@ receives the primary's WAL but applies none of it, so it is behind for sure;
 
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
 from sqlobject import connectionForURI
@@ -217,7 +218,7 @@ def serve_read(router, cookie=None):
     try:
         return route, read_body(route)
     except Exception as e:
-        assert router.rerun_on_primary(route, e, disconnected=True)
+        assert router.rerun_on_primary(SimpleNamespace(route=route, tx=SimpleNamespace(failure=None)), e)
         route = router.primary_route(route)
         return route, read_body(route)
 
@@ -275,9 +276,8 @@ def test_a_replica_lagging_more_than_max_replica_lag_is_left_out(fresh):
         assert router.route("GET").replica is replica_named(router, current)
 
 
-def test_a_write_on_a_replica_is_recognized_for_a_rerun_on_the_primary(fresh):
-    router = make_router(fresh)
-    route = router.route("GET")
+def test_a_write_on_a_replica_is_recognized(fresh):
+    route = make_router(fresh).route("GET")
     tx = ScopeTransaction(route.connection, ("SET TRANSACTION READ ONLY",))
     try:
         with pytest.raises(Exception) as refused:
@@ -285,23 +285,10 @@ def test_a_write_on_a_replica_is_recognized_for_a_rerun_on_the_primary(fresh):
     finally:
         tx.rollback()
     assert is_write_on_replica(refused.value)
-    assert router.rerun_on_primary(route, refused.value, disconnected=False)
-    assert not router.rerun_on_primary(route, ValueError("a bug"), disconnected=False)
-    assert not router.rerun_on_primary(router.route("POST"), refused.value, disconnected=False)
+    assert not is_write_on_replica(ValueError("a bug"))
 
 
 # -- bad input ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("options, message", [
-    (dict(consistency="eventual"), "unknown consistency 'eventual'"),
-    (dict(replica_wait=-1), "replica_wait must be"),
-    (dict(replica_wait=float("nan")), "replica_wait must be"),
-    (dict(max_replica_lag="1s"), "max_replica_lag must be"),
-])
-def test_bad_options_are_configuration_errors(fresh, options, message):
-    with pytest.raises(ConfigurationError, match=message):
-        make_router(fresh, **options)
 
 
 def test_a_replica_that_is_the_primary_is_refused(fresh):
@@ -332,3 +319,193 @@ def test_a_single_uri_instead_of_a_list_is_refused(fresh):
 
 def test_positions_read_and_write_as_postgresql_spells_them():
     assert format_lsn(parse_lsn("16/B374D848")) == "16/B374D848"
+
+
+# -- through txscope and TxScopeMiddleware ----------------------------------------------------------
+
+import web  # noqa: E402
+from sqlobject import sqlhub  # noqa: E402
+
+from webapps import make_app  # noqa: E402
+from webpy_txscope import TxScopeMiddleware, on_commit, scope_options, stats, txscope  # noqa: E402
+
+
+def server_of():
+    """Where the handler's statements run, as the server says: (recovering, read only)."""
+    row = sqlhub.threadConnection.queryOne("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+    return f"{'replica' if row[0] else 'primary'} {row[1]}"
+
+
+def note():
+    return sqlhub.threadConnection.queryOne("SELECT body FROM notes WHERE id = 1")[0]
+
+
+def save(body):
+    sqlhub.threadConnection.query(f"UPDATE notes SET body = '{body}' WHERE id = 1")
+    return "saved"
+
+
+def cookie_of(response):
+    value = dict(response.header_items).get("Set-Cookie", "")
+    return value.split(";")[0] if value.startswith("txscope_pos=") else None
+
+
+@pytest.fixture
+def routed(fresh):
+    """A txscope on the private primary with its two replicas, and the web.py app of these tests."""
+    scope = txscope(fresh.primary.uri(), replicas=[r.uri() for r in fresh.replicas], replica_wait=0.3)
+    app = make_app({"/where": server_of, "/note": note, "/save/(.*)": save}, scope)
+    return scope, app
+
+
+def test_a_get_reads_on_a_replica_in_a_read_only_transaction(routed):
+    _, app = routed
+    assert app.request("/where").data == b"replica on"
+
+
+def test_a_post_writes_on_the_primary_and_hands_the_client_its_position(routed, fresh):
+    _, app = routed
+    response = app.request("/save/posted", method="POST")
+    assert (response.status, response.data) == ("200 OK", b"saved")
+    assert parse_lsn(cookie_of(response).split("=")[1]) >= parse_lsn("0/1")
+    assert app.request("/where", method="POST").data == b"primary off"
+
+
+def test_the_position_cookie_makes_the_next_read_see_the_write(routed, fresh):
+    _, app = routed
+    for replica in fresh.replicas:
+        fresh.pause(replica)
+    cookie = cookie_of(app.request("/save/mine", method="POST"))
+    assert app.request("/note", headers={"Cookie": f"theme=dark; {cookie}"}).data == b"mine"
+    assert app.request("/note").data == b"first"  # without it: a replica's old value (the proof)
+
+
+def test_a_read_served_by_a_replica_raises_the_clients_position(routed, fresh):
+    _, app = routed
+    fresh.primary.sql("UPDATE notes SET body = 'newer' WHERE id = 1")
+    fresh.wait_replayed()
+    response = app.request("/note", headers={"Cookie": "txscope_pos=0/1"})
+    assert response.data == b"newer"
+    assert parse_lsn(cookie_of(response).split("=")[1]) >= parse_lsn(fresh.position()) - 8192
+
+
+def test_a_get_that_writes_runs_again_on_the_primary_and_its_first_attempt_leaves_nothing(routed, fresh):
+    _, app = routed
+    attempts, hooks = [], []
+
+    def handler():
+        attempts.append(server_of())
+        on_commit(hooks.append, len(attempts))
+        return save("written by a GET")
+
+    app = make_app({"/": handler}, routed[0])
+    response = app.request("/")
+    assert (response.status, response.data) == ("200 OK", b"saved")
+    assert attempts == ["replica on", "primary off"]
+    assert hooks == [2]
+    assert fresh.primary.sql("SELECT body FROM notes WHERE id = 1") == [("written by a GET",)]
+    assert cookie_of(response) is not None  # a write: the client must read it back
+
+
+def test_a_get_that_swallows_the_refused_write_still_runs_again_on_the_primary(routed, fresh):
+    attempts = []
+
+    def handler():
+        attempts.append(server_of())
+        try:
+            save("swallowed")
+        except Exception:
+            return "claims nothing was written"
+        return "saved"
+
+    response = make_app({"/": handler}, routed[0]).request("/")
+    assert (response.data, len(attempts)) == (b"saved", 2)
+    assert fresh.primary.sql("SELECT body FROM notes WHERE id = 1") == [("swallowed",)]
+
+
+def test_a_handler_marked_replica_false_reads_on_the_primary(routed):
+    class Page:
+        @scope_options(replica=False)
+        def GET(self):
+            web.header("Content-Type", "text/plain")
+            return server_of()
+
+    app = web.application(("/", "page"), {"page": Page})
+    app.add_processor(routed[0])
+    assert app.request("/").data == b"primary off"
+
+
+def test_a_replica_that_is_down_costs_no_failed_request(routed, fresh, caplog):
+    _, app = routed
+    for _ in range(4):
+        app.request("/note")  # both replicas served
+    down = fresh.replicas[0]
+    fresh.stop_node(down)
+    try:
+        responses = [app.request("/note") for _ in range(20)]
+    finally:
+        fresh.start_node(down)
+    assert {(r.status, r.data) for r in responses} == {("200 OK", b"first")}
+    assert not any("answering 503" in r.getMessage() for r in caplog.records)
+
+
+def test_replica_reads_are_counted(routed):
+    _, app = routed
+    before = stats()
+    app.request("/note")
+    app.request("/save/counted", method="POST")
+    after = stats()
+    assert after["replica_reads"] - before["replica_reads"] == 1
+    assert after["commits"] - before["commits"] == 2
+
+
+def test_the_middleware_routes_and_hands_out_the_position_too(fresh):
+    from paste.fixture import TestApp
+
+    def app(environ, start_response):
+        body = (save("by wsgi") if environ["REQUEST_METHOD"] == "POST" else note()).encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    wrapped = TestApp(TxScopeMiddleware(app, fresh.primary.uri(), replicas=[r.uri() for r in fresh.replicas],
+                                        replica_wait=0.3))
+    for replica in fresh.replicas:
+        fresh.pause(replica)
+    posted = wrapped.post("/", "")
+    cookie = dict(posted.headers)["Set-Cookie"].split(";")[0]
+    assert wrapped.get("/", headers={"Cookie": cookie}).body == b"by wsgi"
+    assert TestApp(TxScopeMiddleware(app, fresh.primary.uri(), replicas=[r.uri() for r in fresh.replicas],
+                                     replica_wait=0.3)).get("/").body == b"first"
+
+
+def test_without_replicas_nothing_changes_on_the_request_path(fresh):
+    scope = txscope(fresh.primary.uri())
+    assert scope.manager.router is None
+    assert "finish" not in vars(scope.manager)  # the class's finish step, not the routed one
+    app = make_app({"/": note}, scope)
+    response = app.request("/")
+    assert response.data == b"first" and cookie_of(response) is None
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(consistency="eventual"), "unknown consistency 'eventual'"),
+    (dict(replica_wait=-1), "replica_wait must be"),
+    (dict(replica_wait=float("nan")), "replica_wait must be"),
+    (dict(max_replica_lag="1s"), "max_replica_lag must be"),
+])
+def test_bad_replica_options_fail_when_the_app_starts(fresh, options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        txscope(fresh.primary.uri(), replicas=[r.uri() for r in fresh.replicas], **options)
+    with pytest.raises(ConfigurationError, match=message):
+        TxScopeMiddleware(lambda e, s: [], fresh.primary.uri(), replicas=[r.uri() for r in fresh.replicas],
+                          **options)
+
+
+@pytest.mark.parametrize("primary, message", [
+    ("sqlite:/:memory:", "SQLite has no replicas"),
+    ("mysql://root:s3cretpw@127.0.0.1/test?driver=pymysql", "supported on PostgreSQL only"),
+])
+def test_replicas_of_mysql_and_sqlite_fail_when_the_app_starts(primary, message):
+    with pytest.raises(ConfigurationError, match=message) as refused:
+        txscope(primary, replicas=["postgres://app:s3cretpw@127.0.0.1:5433/test"])
+    assert "s3cretpw" not in str(refused.value)

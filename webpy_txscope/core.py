@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._options import ScopeOptions
+    from .replicas import ReplicaRouter, Route
 
 log = logging.getLogger("webpy_txscope")
 
@@ -128,14 +129,21 @@ class Scope:
     Attributes a handler may use through the module functions:
     ``hooks`` (see :func:`on_commit`) and ``doomed`` (see :func:`doom`).
     ``problem`` says why the last :meth:`ScopeManager.finish` did not commit.
+    With ``replicas=``, ``route`` is the server the scope runs on and
+    ``position`` the client's new position cookie after it finished.
     """
 
     __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "isolation", "readonly",
-                 "problem", "unscoped_body", "_prev", "_outer", "_bound", "_state")
+                 "problem", "unscoped_body", "route", "position", "_prev", "_outer", "_bound", "_state")
 
-    def __init__(self, manager: ScopeManager, attempt: int = 1):
+    def __init__(self, manager: ScopeManager, attempt: int = 1, route: Route | None = None):
         self.manager = manager
-        self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
+        self.route = route
+        self.position: str | None = None
+        if route is not None and route.replica is not None:
+            self.tx = manager.router.transaction(route, manager._replica_begin, manager._end)  # type: ignore[union-attr]
+        else:
+            self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
         self.hooks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self.doomed = False
         self.started = time.monotonic()
@@ -184,19 +192,31 @@ class Scope:
     def bound(self) -> bool:
         return self._bound
 
-    def configure(self, isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET) -> None:
-        """Change the transaction's characteristics before its first statement."""
+    def configure(self, isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET,
+                  replica: bool | Unset = UNSET) -> None:
+        """Change the transaction's characteristics before its first statement.
+
+        *replica* False moves a scope routed to a replica to the primary.
+        """
         if self.tx.began:
             raise RuntimeError(
-                "the transaction already sent a statement: isolation and read-only "
+                "the transaction already sent a statement: isolation, read-only and replica "
                 "must be chosen before the handler touches the database"
             )
         if isolation is not UNSET:
             self.isolation = normalize_isolation(isolation)
         if readonly is not UNSET:
             self.readonly = bool(readonly)
+        route = self.route
+        if replica is False and route is not None and route.replica is not None:
+            manager = self.manager
+            self.route = route = manager.router.primary_route(route)  # type: ignore[union-attr]
+            self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
+            if self._bound:
+                self._state[0]["connection"] = self.tx  # type: ignore[index]
+        on_replica = route is not None and route.replica is not None  # a replica only ever reads
         self.tx.set_statements(*_driver.begin_statements(self.manager.connection.dbName,
-                                                         self.isolation, self.readonly))
+                                                         self.isolation, self.readonly or on_replica))
 
     def check_joinable(self, isolation: str | None | Unset, readonly: bool | Unset) -> None:
         """Refuse a nested block whose characteristics this transaction does not have.
@@ -258,6 +278,19 @@ class ScopeManager:
         self._verdicts: dict[Any, bool] | None = \
             {} if self.commit_veto in (default_commit_veto, strict_commit_veto) else None
         _driver.prepare(self.connection)
+        self.router: ReplicaRouter | None = None
+        if settings.replicas:
+            from . import replicas  # loaded only by the apps that use it
+
+            self.router = replicas.ReplicaRouter(self.connection, settings.replicas, consistency=settings.consistency,
+                                        replica_wait=settings.replica_wait,
+                                        max_replica_lag=settings.max_replica_lag)
+            self._replica_begin = _driver.begin_statements(self.connection.dbName, self.isolation, True)[0]
+            for replica in self.router.replicas:
+                _driver.prepare(replica.connection)
+            # Only a manager with replicas pays for them: its finish step is
+            # the routed one, every other manager's stays as it is.
+            self.finish = self._finish_routed  # type: ignore[method-assign]
 
     @property
     def name(self) -> str:
@@ -277,12 +310,13 @@ class ScopeManager:
             return scope
         return None
 
-    def open(self, attempt: int = 1) -> Scope:
-        """Open a scope and bind it to this thread."""
+    def open(self, attempt: int = 1, route: Route | None = None) -> Scope:
+        """Open a scope and bind it to this thread; *route* (``replicas=``) says on which server."""
         ours: dict[Any, Any] = _local.__dict__
-        scope = ours.pop(self, None)  # this thread's last scope of ours, kept by finish() if untouched
+        # This thread's last scope of ours, kept by finish() if untouched.
+        scope = ours.pop(self, None) if route is None else None
         if scope is None:
-            scope = Scope(self, attempt)
+            scope = Scope(self, attempt, route)
         else:
             scope.started = time.monotonic()
             scope.attempt = attempt
@@ -364,6 +398,24 @@ class ScopeManager:
             return self._unavailable(scope)
         return COMMIT_FAILED
 
+    def _finish_routed(self, scope: Scope, status: Status | Unset = UNSET, headers: Headers = None,
+                       error: BaseException | None = None, *, retry: bool = True) -> Outcome:
+        """:meth:`finish` with ``replicas=``: a read that failed on a replica runs again on the
+        primary; the client's position is read after the scope ended (see webpy_txscope/replicas.py)."""
+        router = self.router
+        assert router is not None
+        route = scope.route
+        if route is None:  # a script's scope: always the primary, no client to give a position
+            return ScopeManager.finish(self, scope, status, headers, error, retry=retry)
+        if route.replica is not None and retry and scope.tx.touched and router.rerun_on_primary(scope, error):
+            self._roll_back(scope, "a write or a lost connection on a replica: again on the primary")
+            scope.route = router.primary_route(route)
+            return RETRY
+        outcome = ScopeManager.finish(self, scope, status, headers, error, retry=retry)
+        if outcome is COMMITTED or outcome is ROLLED_BACK:
+            scope.position = router.position_after(scope.route, scope.tx.began)  # type: ignore[arg-type]
+        return outcome
+
     @staticmethod
     def _failure_kind(scope: Scope, error: BaseException | None) -> ErrorKind | None:
         failure = scope.tx.failure
@@ -392,7 +444,7 @@ class ScopeManager:
         _metrics.count("untouched")
         if self.max_age is not None:  # nothing began, so nothing is logged at DEBUG either
             self._report(scope, "untouched", "")
-        if state is not None and tx.uses_statements(self._begin, self._end):
+        if state is not None and scope.route is None and tx.uses_statements(self._begin, self._end):
             state[1][self] = scope
 
     def _roll_back(self, scope: Scope, reason: str) -> None:

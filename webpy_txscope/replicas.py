@@ -40,15 +40,17 @@ from typing import Any, Iterable
 
 from sqlobject.dbconnection import DBConnection
 
-from ._errors import ConfigurationError, _chain, _codes
+from . import _metrics
+from ._errors import DISCONNECT, ConfigurationError, _chain, _codes, classify
+from ._tx import ScopeTransaction
 from ._uri import describe, open_connection, scrub
 
 log = logging.getLogger("webpy_txscope")
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-CONSISTENCY = ("session", "strong")
 #: The cookie that carries a client's position (session consistency).
 POSITION_COOKIE = "txscope_pos"
+_COOKIE_VALUE = re.compile(rf"(?:^|[;,]\s*){POSITION_COOKIE}=([^;,\s]*)")
 #: SQLSTATE of a write in a READ ONLY transaction.
 READ_ONLY_SQL_TRANSACTION = "25006"
 
@@ -121,6 +123,42 @@ def _replayed_past(replayed: int, target: int) -> bool:
 def is_write_on_replica(error: BaseException | None) -> bool:
     """True if *error* is PostgreSQL refusing a write in a read-only transaction (SQLSTATE 25006)."""
     return any(code == READ_ONLY_SQL_TRANSACTION for err in _chain(error) for code in _codes(err))
+
+
+def position_cookie(header: str | None) -> str | None:
+    """The client's position cookie in a ``Cookie:`` header, unchecked (:func:`parse_lsn` checks it).
+
+    >>> position_cookie("theme=dark; txscope_pos=0/3000060")
+    '0/3000060'
+    """
+    if not header or POSITION_COOKIE not in header:
+        return None
+    match = _COOKIE_VALUE.search(header)
+    return match.group(1) if match else None
+
+
+def set_cookie(value: str) -> tuple[str, str]:
+    """The ``Set-Cookie`` header that hands a client its new position.
+
+    A session cookie for the whole site, out of reach of scripts: it only
+    steers which server answers this client's reads.
+    """
+    return ("Set-Cookie", f"{POSITION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax")
+
+
+class ReplicaTransaction(ScopeTransaction):
+    """A scope's transaction on a replica; it remembers a write the replica refused.
+
+    The failure a transaction keeps has no SQLSTATE: this is what tells the
+    finish step to run the request again on the primary.
+    """
+
+    refused_write = False
+
+    def _fail(self, kind: Any, error: BaseException | None) -> None:
+        if error is not None and is_write_on_replica(error):
+            self.refused_write = True
+        super()._fail(kind, error)
 
 
 class _Probes:
@@ -237,10 +275,12 @@ class ReplicaRouter:
 
     def __init__(self, primary: DBConnection, replicas: Iterable[Any], *, consistency: str = "session",
                  replica_wait: float = 0.5, max_replica_lag: float | None = None):
+        # consistency, replica_wait and max_replica_lag were checked with the
+        # other options (webpy_txscope._options.Settings).
         self.primary = primary
-        self.consistency = _check_consistency(consistency)
-        self.replica_wait = _seconds("replica_wait", replica_wait)
-        self.max_replica_lag = None if max_replica_lag is None else _seconds("max_replica_lag", max_replica_lag)
+        self.consistency = consistency
+        self.replica_wait = replica_wait
+        self.max_replica_lag = max_replica_lag
         self.replicas = [Replica(c) for c in _replica_connections(primary, replicas)]
         self.primary_probes = _Probes(primary)
         self.primary_position = 0  # the highest position of the primary seen
@@ -262,13 +302,22 @@ class ReplicaRouter:
         position = parse_lsn(cookie) if self.consistency == "session" else None
         if not replica or method not in SAFE_METHODS:
             return Route(self.primary, None, position, cookie)
-        chosen = self._choose(self._target(position))
+        try:
+            chosen = self._choose(self._target(position))
+        except Exception as e:  # the primary could not say where it is: it answers the read itself
+            log.warning("could not route a read by WAL position, reading on the primary: %s",
+                        scrub(f"{type(e).__name__}: {e}", self.primary))
+            chosen = None
         if chosen is None:
-            self.counts["primary_reads"] += 1
-            self.counts["replica_fallbacks"] += 1
+            self._count("primary_reads")
+            self._count("replica_fallbacks")
             return Route(self.primary, None, position, cookie)
-        self.counts["replica_reads"] += 1
+        self._count("replica_reads")
         return Route(chosen.connection, chosen, position, cookie)
+
+    def _count(self, name: str) -> None:
+        self.counts[name] += 1
+        _metrics._replica_counts[name] += 1
 
     def _target(self, position: int | None) -> int:
         """The WAL position a replica must have replayed to serve this read."""
@@ -305,7 +354,7 @@ class ReplicaRouter:
             for replica in candidates:
                 if replica.probe() and _replayed_past(replica.replayed, target) and self._lag_ok(replica, None):
                     if waited:
-                        self.counts["replica_waits"] += 1
+                        self._count("replica_waits")
                     return replica
             candidates = [r for r in candidates if not r.down]
             if not candidates or time.monotonic() + POLL_INTERVAL > deadline:
@@ -352,20 +401,29 @@ class ReplicaRouter:
         value = format_lsn(position)
         return None if value == route.cookie else value
 
-    def rerun_on_primary(self, route: Route, error: BaseException | None, disconnected: bool) -> bool:
-        """True if a scope on a replica failed in a way the primary fixes: run the request there.
+    def rerun_on_primary(self, scope: Any, error: BaseException | None) -> bool:
+        """True if *scope*, on a replica, failed in a way the primary fixes: run the request there.
 
         A handler of a safe method that writes gets SQLSTATE 25006 on the
-        replica; a replica lost mid-request is taken out of service.
+        replica (*error*, or the refusal its transaction kept when the handler
+        swallowed it); a replica that cannot be reached, or is lost
+        mid-request, is taken out of service.
         """
-        if route.replica is None:
+        route = scope.route
+        if route is None or route.replica is None:
             return False
-        if disconnected:
-            route.replica.failed(error or ConnectionError("connection lost"))
-        elif not is_write_on_replica(error):
+        failure = scope.tx.failure
+        lost = failure is not None and failure.kind is DISCONNECT or classify(error) is DISCONNECT
+        if lost:
+            route.replica.failed(ConnectionError(failure.summary if failure else str(error)))
+        elif not (getattr(scope.tx, "refused_write", False) or is_write_on_replica(error)):
             return False
-        self.counts["replica_reruns"] += 1
+        self._count("replica_reruns")
         return True
+
+    def transaction(self, route: Route, begin: tuple[str, ...], end: tuple[str, ...]) -> ReplicaTransaction:
+        """The transaction of a scope routed to a replica."""
+        return ReplicaTransaction(route.connection, begin, end)
 
     def primary_route(self, route: Route) -> Route:
         """The same request's route, on the primary."""
@@ -381,20 +439,6 @@ class ReplicaRouter:
 
 
 # -- configuration ---------------------------------------------------------------------------
-
-
-def _check_consistency(consistency: Any) -> str:
-    if consistency not in CONSISTENCY:
-        raise ConfigurationError(f"unknown consistency {consistency!r}: use 'session' (read-your-writes per "
-                                 f"client, by cookie) or 'strong' (no stale read for anyone)")
-    return consistency
-
-
-def _seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-            or value == float("inf"):
-        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
-    return float(value)
 
 
 def _replica_connections(primary: DBConnection, replicas: Iterable[Any]) -> list[DBConnection]:

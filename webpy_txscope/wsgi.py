@@ -34,6 +34,7 @@ from ._http import Answer, RequestBody, failure_answer
 from ._options import OPTION_NAMES
 from ._policy import Headers, Status, default_commit_veto, strict_commit_veto
 from .core import RETRY, UNAVAILABLE, CommitFailed, Outcome, Scope, ScopedBody, ScopeManager
+from .replicas import position_cookie, set_cookie
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -96,10 +97,14 @@ class TxScopeMiddleware:
         manager = self.manager
         if manager.active() is not None:
             return self.app(environ, start_response)  # an outer scope owns this request: join it
-        replay = _Replay(environ) if manager.attempts > 1 else None
+        router = manager.router
+        route = None
+        if router is not None:
+            route = router.route(environ.get("REQUEST_METHOD", "GET"), position_cookie(environ.get("HTTP_COOKIE")))
+        replay = _Replay(environ) if manager.attempts > 1 or router is not None else None
         server = _Server(start_response)
         for attempt in itertools.count(1):
-            scope = manager.open(attempt)
+            scope = manager.open(attempt, route)
             response = _Response(server)
             try:
                 body, chunks = _run(self.app, environ, response)
@@ -107,6 +112,7 @@ class TxScopeMiddleware:
                 retry = replay is not None and not server.written and isinstance(e, Exception)
                 outcome = manager.finish(scope, error=e, retry=retry)
                 if outcome is RETRY:
+                    route = scope.route  # the primary, after a write on a replica
                     replay.reset(environ)  # type: ignore[union-attr]
                     continue
                 if outcome is UNAVAILABLE and not server.written and isinstance(e, Exception):
@@ -122,12 +128,16 @@ class TxScopeMiddleware:
             outcome = manager.finish(scope, response.status, response.headers,
                                      retry=replay is not None and not server.written)
             if outcome is RETRY:
+                route = scope.route
                 replay.reset(environ)  # type: ignore[union-attr]
                 continue
             if outcome.failed:
                 if server.written:  # write() already sent part of the body: only an abort can tell
                     raise CommitFailed(f"the commit did not succeed: {scope.problem}")
                 return server.answer(failure_answer(manager, outcome))
+            if route is not None and scope.position and not server.written:
+                # The server has the headers but sent nothing yet: they are given again, with the cookie.
+                server.start(response.status, response.headers + [set_cookie(scope.position)])  # type: ignore
             return body
         raise AssertionError("unreachable")
 
