@@ -406,17 +406,22 @@ class ReplicaRouter:
 
         A handler of a safe method that writes gets SQLSTATE 25006 on the
         replica (*error*, or the refusal its transaction kept when the handler
-        swallowed it); a replica that cannot be reached, or is lost
-        mid-request, is taken out of service.
+        swallowed it).  A replica lost mid-request, or one that does not answer
+        a probe after a statement failed on it (behind PgBouncer a dead server
+        shows as PgBouncer's own errors), is taken out of service.  A statement
+        that failed on a healthy replica is the application's error: no rerun.
         """
         route = scope.route
         if route is None or route.replica is None:
             return False
-        failure = scope.tx.failure
-        lost = failure is not None and failure.kind is DISCONNECT or classify(error) is DISCONNECT
-        if lost:
+        tx = scope.tx
+        if getattr(tx, "refused_write", False) or is_write_on_replica(error):
+            self._count("replica_reruns")
+            return True
+        failure = tx.failure
+        if failure is not None and failure.kind is DISCONNECT or classify(error) is DISCONNECT:
             route.replica.failed(ConnectionError(failure.summary if failure else str(error)))
-        elif not (getattr(scope.tx, "refused_write", False) or is_write_on_replica(error)):
+        elif failure is None or route.replica.probe():
             return False
         self._count("replica_reruns")
         return True

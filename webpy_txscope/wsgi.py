@@ -317,6 +317,10 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "retry_backoff": float,
     "retry_after": int,
     "max_age": float,
+    "replicas": lambda text: [uri.strip() for uri in text.replace("\n", ",").split(",") if uri.strip()],
+    "consistency": str,
+    "replica_wait": float,
+    "max_replica_lag": float,
 }
 
 
@@ -328,7 +332,9 @@ def filter_app_factory(app: Callable[..., Any], global_conf: dict[str, Any], uri
     :class:`TxScopeMiddleware` as text: ``attempts = 3``, ``readonly = true``,
     ``isolation = serializable``, ``commit_veto = strict`` (or ``default``, or
     ``package.module:function``), ``retry_backoff = 0.05``,
-    ``retry_after = 10``, ``max_age = 30``.  A bad setting fails when the
+    ``retry_after = 10``, ``max_age = 30``, ``replicas = postgres://app@r1/db,
+    postgres://app@r2/db`` (commas or lines), ``consistency = strong``,
+    ``replica_wait = 0.5``, ``max_replica_lag = 5``.  A bad setting fails when the
     pipeline loads, with a :class:`~webpy_txscope.ConfigurationError`.
     """
     if not uri or not str(uri).strip():
