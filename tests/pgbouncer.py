@@ -75,6 +75,10 @@ class PgBouncer:
             f"pool_mode = {self.pool_mode}\n"
             f"default_pool_size = {self.pool_size}\n"
             "max_client_conn = 500\n"
+            # A server that is down fails its clients within seconds, not the
+            # default two minutes, and is tried again a second later.
+            "query_wait_timeout = 5\n"
+            "server_login_retry = 1\n"
             # A pooled server connection is reset before another client gets
             # it only in session mode; in transaction mode that is the point.
             "server_reset_query =\n"
