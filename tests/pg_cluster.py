@@ -66,21 +66,22 @@ class Node:
     port: int
     data: Path
     log: Path
+    dbname: str = "test"  # the cluster's database: the default of the methods below
 
-    def uri(self, dbname: str = "test", driver: str | None = None) -> str:
-        uri = f"postgres://postgres@127.0.0.1:{self.port}/{dbname}"
+    def uri(self, dbname: str | None = None, driver: str | None = None) -> str:
+        uri = f"postgres://postgres@127.0.0.1:{self.port}/{dbname or self.dbname}"
         return f"{uri}?driver={driver}" if driver else uri
 
-    def connect(self, dbname: str = "test"):
+    def connect(self, dbname: str | None = None):
         """A psycopg2 connection in autocommit, from outside the application."""
         import psycopg2
 
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname,
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname or self.dbname,
                                 connect_timeout=5)
         conn.autocommit = True
         return conn
 
-    def sql(self, statement: str, *params, dbname: str = "test") -> list[tuple]:
+    def sql(self, statement: str, *params, dbname: str | None = None) -> list[tuple]:
         conn = self.connect(dbname)
         try:
             cur = conn.cursor()
@@ -165,7 +166,7 @@ class PgCluster:
             self.root = None
 
     def _node(self, name: str) -> Node:
-        return Node(name, free_port(), self.root / name, self.root / f"{name}.log")
+        return Node(name, free_port(), self.root / name, self.root / f"{name}.log", self.dbname)
 
     def _configure(self, node: Node, options: dict[str, str]) -> None:
         settings = {"port": str(node.port), "listen_addresses": "'127.0.0.1'",

@@ -509,3 +509,26 @@ def test_replicas_of_mysql_and_sqlite_fail_when_the_app_starts(primary, message)
     with pytest.raises(ConfigurationError, match=message) as refused:
         txscope(primary, replicas=["postgres://app:s3cretpw@127.0.0.1:5433/test"])
     assert "s3cretpw" not in str(refused.value)
+
+
+def test_a_form_saved_and_redirected_hands_out_the_position_with_the_redirect(routed, fresh):
+    def handler():
+        save("redirected")
+        raise web.seeother("/note")
+
+    for replica in fresh.replicas:
+        fresh.pause(replica)
+    app = make_app({"/save": handler, "/note": note}, routed[0])
+    response = app.request("/save", method="POST")
+    assert response.status.startswith("303")
+    assert app.request("/note", headers={"Cookie": cookie_of(response)}).data == b"redirected"
+
+
+def test_replicas_from_a_pastedeploy_section(fresh):
+    from webpy_txscope.wsgi import filter_app_factory
+
+    middleware = filter_app_factory(lambda e, s: [], {}, uri=fresh.primary.uri(),
+                                    replicas=f"{fresh.replicas[0].uri()},\n{fresh.replicas[1].uri()}",
+                                    consistency="strong", replica_wait="0.2")
+    router = middleware.manager.router
+    assert (len(router.replicas), router.consistency, router.replica_wait) == (2, "strong", 0.2)
