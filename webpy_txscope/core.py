@@ -141,7 +141,8 @@ class Scope:
         self.route = route
         self.position: str | None = None
         if route is not None and route.replica is not None:
-            self.tx = manager.router.transaction(route, manager._replica_begin, manager._end)  # type: ignore[union-attr]
+            router: Any = manager.router
+            self.tx = router.transaction(route, manager._replica_begin, manager._end)
         else:
             self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
         self.hooks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
@@ -282,9 +283,9 @@ class ScopeManager:
         if settings.replicas:
             from . import replicas  # loaded only by the apps that use it
 
-            self.router = replicas.ReplicaRouter(self.connection, settings.replicas, consistency=settings.consistency,
-                                        replica_wait=settings.replica_wait,
-                                        max_replica_lag=settings.max_replica_lag)
+            self.router = replicas.ReplicaRouter(
+                self.connection, settings.replicas, consistency=settings.consistency,
+                replica_wait=settings.replica_wait, max_replica_lag=settings.max_replica_lag)
             self._replica_begin = _driver.begin_statements(self.connection.dbName, self.isolation, True)[0]
             for replica in self.router.replicas:
                 _driver.prepare(replica.connection)

@@ -455,7 +455,7 @@ def _replica_connections(primary: DBConnection, replicas: Iterable[Any]) -> list
     if isinstance(replicas, (str, bytes, DBConnection)) or not hasattr(replicas, "__iter__"):
         raise ConfigurationError("replicas= takes a list of PostgreSQL URIs, for example "
                                  "replicas=['postgres://app@replica1/db']")
-    connections = []
+    connections: list[DBConnection] = []
     for replica in replicas:
         connection = open_connection(replica)
         if connection.dbName != "postgres":
