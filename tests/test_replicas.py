@@ -532,3 +532,23 @@ def test_replicas_from_a_pastedeploy_section(fresh):
                                     consistency="strong", replica_wait="0.2")
     router = middleware.manager.router
     assert (len(router.replicas), router.consistency, router.replica_wait) == (2, "strong", 0.2)
+
+
+def test_a_forked_child_probes_on_connections_of_its_own(fresh):
+    import os
+
+    router = make_router(fresh, consistency="strong")
+    assert router.route("GET").on_replica  # the parent holds probe connections now
+    parent_probes = list(router.primary_probes._idle)
+    assert parent_probes
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if router.route("GET").on_replica and not set(router.primary_probes._idle) & set(parent_probes) \
+                else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert router.route("GET").on_replica  # the parent's own connections still work

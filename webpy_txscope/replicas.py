@@ -35,12 +35,13 @@ import logging
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sqlobject.dbconnection import DBConnection
 
-from . import _metrics
+from . import _driver, _metrics
 from ._errors import DISCONNECT, ConfigurationError, _chain, _codes, classify
 from ._tx import ScopeTransaction
 from ._uri import describe, open_connection, scrub
@@ -202,6 +203,12 @@ class _Probes:
             except Exception:
                 pass
 
+    def detach(self) -> None:
+        """In a forked child: never use (nor close) the parent's connections."""
+        for raw in self._idle:
+            _driver.inherit(raw)
+        self._idle = []
+
 
 class Replica:
     """One replica as this process knows it: what it replayed, its lag, its health."""
@@ -285,6 +292,7 @@ class ReplicaRouter:
         self.primary_probes = _Probes(primary)
         self.primary_position = 0  # the highest position of the primary seen
         self._next = 0
+        _routers.add(self)
         self.counts = {"replica_reads": 0, "primary_reads": 0, "replica_fallbacks": 0, "replica_waits": 0,
                        "replica_reruns": 0}
 
@@ -441,6 +449,21 @@ class ReplicaRouter:
         self.primary_probes.close()
         for replica in self.replicas:
             replica.probes.close()
+
+
+#: Every router of this process, for fork safety.
+_routers: weakref.WeakSet[ReplicaRouter] = weakref.WeakSet()
+
+
+def _detach_after_fork() -> None:
+    """A forked child (gunicorn --preload) probes on connections of its own, not the parent's sockets."""
+    for router in list(_routers):
+        router.primary_probes.detach()
+        for replica in router.replicas:
+            replica.probes.detach()
+
+
+_driver.after_fork_hooks.append(_detach_after_fork)
 
 
 # -- configuration ---------------------------------------------------------------------------
