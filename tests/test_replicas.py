@@ -430,7 +430,7 @@ def test_a_handler_marked_replica_false_reads_on_the_primary(routed):
             web.header("Content-Type", "text/plain")
             return server_of()
 
-    app = web.application(("/", "page"), {"page": Page})
+    app = web.application(("/", "page"), {"page": Page})  # noqa: TXS101 - the processor is added below
     app.add_processor(routed[0])
     assert app.request("/").data == b"primary off"
 
