@@ -218,7 +218,7 @@ def serve_read(router, cookie=None):
     try:
         return route, read_body(route)
     except Exception as e:
-        assert router.rerun_on_primary(SimpleNamespace(route=route, tx=SimpleNamespace(failure=None)), e)
+        assert router.rerun_on_primary(route, SimpleNamespace(failure=None), e)
         route = router.primary_route(route)
         return route, read_body(route)
 
@@ -305,6 +305,8 @@ def test_a_replica_that_is_the_primary_is_refused(fresh):
      "is not a PostgreSQL database"),
     ("postgres://app:s3cretpw@127.0.0.1/test", "postgres://app:s3cretpw@127.0.0.1/test?driver=psycopg2",
      "is the primary itself"),
+    ("postgres://app:s3cretpw@127.0.0.1/test", "postgres://app:s3cretpw@127.0.0.1:5433/test?driver=psycopg2",
+     "uses the driver psycopg2, the primary psycopg"),
 ])
 def test_replicas_of_other_databases_are_refused_without_showing_a_password(primary, replica, message):
     with pytest.raises(ConfigurationError, match=message) as refused:
@@ -447,6 +449,21 @@ def test_a_replica_that_is_down_costs_no_failed_request(routed, fresh, caplog):
         fresh.start_node(down)
     assert {(r.status, r.data) for r in responses} == {("200 OK", b"first")}
     assert not any("answering 503" in r.getMessage() for r in caplog.records)
+
+
+def test_a_get_that_never_touches_the_database_routes_nothing(fresh):
+    scope = txscope(fresh.primary.uri(), replicas=[r.uri() for r in fresh.replicas], consistency="strong")
+    asked = []
+    real = scope.manager.router.primary_probes.query
+    scope.manager.router.primary_probes.query = lambda sql: asked.append(sql) or real(sql)
+    app = make_app({"/free": lambda: "no database", "/note": note}, scope)
+    before = stats()
+    response = app.request("/free")
+    assert (response.data, cookie_of(response)) == (b"no database", None)
+    assert asked == []  # strong consistency's round trip to the primary is for reads only
+    assert {k: stats()[k] - before[k] for k in ("replica_reads", "primary_reads")} == \
+        {"replica_reads": 0, "primary_reads": 0}
+    assert app.request("/note").data == b"first" and len(asked) == 1
 
 
 def test_replica_reads_are_counted(routed):

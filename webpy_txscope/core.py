@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._options import ScopeOptions
-    from .replicas import ReplicaRouter, Route
+    from .replicas import ReplicaRouter, Request, Route
 
 log = logging.getLogger("webpy_txscope")
 
@@ -129,20 +129,22 @@ class Scope:
     Attributes a handler may use through the module functions:
     ``hooks`` (see :func:`on_commit`) and ``doomed`` (see :func:`doom`).
     ``problem`` says why the last :meth:`ScopeManager.finish` did not commit.
-    With ``replicas=``, ``route`` is the server the scope runs on and
-    ``position`` the client's new position cookie after it finished.
+    With ``replicas=``, ``route`` says where the scope runs (a
+    :class:`~webpy_txscope.replicas.Route`, or a ``Request`` that its
+    transaction routes at its first statement) and ``position`` is the
+    client's new position cookie after it finished.
     """
 
     __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "isolation", "readonly",
                  "problem", "unscoped_body", "route", "position", "_prev", "_outer", "_bound", "_state")
 
-    def __init__(self, manager: ScopeManager, attempt: int = 1, route: Route | None = None):
+    def __init__(self, manager: ScopeManager, attempt: int = 1, route: Route | Request | None = None):
         self.manager = manager
         self.route = route
         self.position: str | None = None
-        if route is not None and route.replica is not None:
+        if route is not None and route.pending:
             router: Any = manager.router
-            self.tx = router.transaction(route, manager._replica_begin, manager._end)
+            self.tx = router.transaction(route, manager._begin, manager._end, manager._replica_begin)
         else:
             self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
         self.hooks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
@@ -208,16 +210,12 @@ class Scope:
             self.isolation = normalize_isolation(isolation)
         if readonly is not UNSET:
             self.readonly = bool(readonly)
+        db_name = self.manager.connection.dbName
+        self.tx.set_statements(*_driver.begin_statements(db_name, self.isolation, self.readonly))
         route = self.route
-        if replica is False and route is not None and route.replica is not None:
-            manager = self.manager
-            self.route = route = manager.router.primary_route(route)  # type: ignore[union-attr]
-            self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
-            if self._bound:
-                self._state[0]["connection"] = self.tx  # type: ignore[index]
-        on_replica = route is not None and route.replica is not None  # a replica only ever reads
-        self.tx.set_statements(*_driver.begin_statements(self.manager.connection.dbName,
-                                                         self.isolation, self.readonly or on_replica))
+        if route is not None and route.pending:  # a replica only ever reads
+            self.tx.prefer(_driver.begin_statements(db_name, self.isolation, True)[0],
+                           None if replica is UNSET else bool(replica))
 
     def check_joinable(self, isolation: str | None | Unset, readonly: bool | Unset) -> None:
         """Refuse a nested block whose characteristics this transaction does not have.
@@ -311,7 +309,7 @@ class ScopeManager:
             return scope
         return None
 
-    def open(self, attempt: int = 1, route: Route | None = None) -> Scope:
+    def open(self, attempt: int = 1, route: Route | Request | None = None) -> Scope:
         """Open a scope and bind it to this thread; *route* (``replicas=``) says on which server."""
         ours: dict[Any, Any] = _local.__dict__
         # This thread's last scope of ours, kept by finish() if untouched.
@@ -405,16 +403,19 @@ class ScopeManager:
         primary; the client's position is read after the scope ended (see webpy_txscope/replicas.py)."""
         router = self.router
         assert router is not None
-        route = scope.route
-        if route is None:  # a script's scope: always the primary, no client to give a position
+        route: Any = scope.route
+        tx: Any = scope.tx
+        if route is not None and route.pending:
+            route = tx.route  # None: it never reached a server
+        if route is None:  # nothing routed, or a script's scope: no client to give a position
             return ScopeManager.finish(self, scope, status, headers, error, retry=retry)
-        if route.replica is not None and retry and scope.tx.touched and router.rerun_on_primary(scope, error):
+        if route.replica is not None and retry and router.rerun_on_primary(route, tx, error):
             self._roll_back(scope, "a write or a lost connection on a replica: again on the primary")
             scope.route = router.primary_route(route)
             return RETRY
         outcome = ScopeManager.finish(self, scope, status, headers, error, retry=retry)
         if outcome is COMMITTED or outcome is ROLLED_BACK:
-            scope.position = router.position_after(scope.route, scope.tx.began)  # type: ignore[arg-type]
+            scope.position = router.position_after(route, tx.began)
         return outcome
 
     @staticmethod

@@ -25,8 +25,12 @@ probed again with a growing backoff, and logged once per outage;
 ``max_replica_lag`` (seconds) keeps clients without a position off replicas
 that fall too far behind.
 
-The router is framework-free: the adapters ask :meth:`ReplicaRouter.route`
-when a request starts and :meth:`ReplicaRouter.position_after` when it ended.
+The router is framework-free.  When a request starts, the adapters ask
+:meth:`ReplicaRouter.request` (no round trip); a safe-method scope's
+:class:`RoutedTransaction` asks :meth:`ReplicaRouter.route` at its first
+statement, so a request that never touches the database is never routed.
+When the scope ended, the finish step asks :meth:`ReplicaRouter.position_after`
+for the client's new position cookie.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from sqlobject.dbconnection import DBConnection
 
 from . import _driver, _metrics
 from ._errors import DISCONNECT, ConfigurationError, _chain, _codes, classify
-from ._tx import ScopeTransaction
+from ._tx import UNTOUCHED, ScopeTransaction
 from ._uri import describe, open_connection, scrub
 
 log = logging.getLogger("webpy_txscope")
@@ -145,21 +149,6 @@ def set_cookie(value: str) -> tuple[str, str]:
     steers which server answers this client's reads.
     """
     return ("Set-Cookie", f"{POSITION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax")
-
-
-class ReplicaTransaction(ScopeTransaction):
-    """A scope's transaction on a replica; it remembers a write the replica refused.
-
-    The failure a transaction keeps has no SQLSTATE: this is what tells the
-    finish step to run the request again on the primary.
-    """
-
-    refused_write = False
-
-    def _fail(self, kind: Any, error: BaseException | None) -> None:
-        if error is not None and is_write_on_replica(error):
-            self.refused_write = True
-        super()._fail(kind, error)
 
 
 class _Probes:
@@ -271,10 +260,68 @@ class Route:
     replica: Replica | None
     position: int | None
     cookie: str | None
+    pending = False  # a Route is decided; see Request
 
     @property
     def on_replica(self) -> bool:
         return self.replica is not None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A safe-method request not routed yet: its transaction routes it at its first statement."""
+
+    method: str
+    cookie: str | None
+    pending = True
+
+
+class RoutedTransaction(ScopeTransaction):
+    """The transaction of a safe-method request: it chooses its server at its first statement.
+
+    Until then it is the primary's (SQLObject's lookups before the first
+    statement only need the kind of connection, the same for every server),
+    so a request that never touches the database costs no routing at all,
+    not even strong consistency's round trip to the primary.  It also
+    remembers a write a replica refused: the failure a transaction keeps has
+    no SQLSTATE, and that refusal is what runs the request again on the primary.
+    """
+
+    #: Where it runs, once its first statement chose (None before).
+    route: Route | None = None
+    refused_write = False
+
+    def __init__(self, router: ReplicaRouter, request: Request, begin: tuple[str, ...], end: tuple[str, ...],
+                 replica_begin: tuple[str, ...]):
+        super().__init__(router.primary, begin, end)
+        self._routing = (router, request, replica_begin, True)
+
+    @property
+    def touched(self) -> bool:
+        return len(self.__dict__) != _ROUTED_UNTOUCHED_SIZE
+
+    def prefer(self, replica_begin: tuple[str, ...], replica: bool | None) -> None:
+        """New first statements for a replica; *replica* False keeps the transaction on the primary."""
+        router, request, _, allowed = self._routing
+        self._routing = (router, request, replica_begin, allowed if replica is None else replica)
+
+    def _checkout(self) -> Any:
+        if self.route is None:
+            router, request, replica_begin, allowed = self._routing
+            route = self.route = router.route(request.method, request.cookie, allowed)
+            if route.replica is not None:
+                self._dbConnection = route.connection
+                self._begin = replica_begin
+        return super()._checkout()
+
+    def _fail(self, kind: Any, error: BaseException | None) -> None:
+        if error is not None and is_write_on_replica(error):
+            self.refused_write = True
+        super()._fail(kind, error)
+
+
+# ScopeTransaction's untouched attributes, and the routing.
+_ROUTED_UNTOUCHED_SIZE = len(UNTOUCHED) + 1
 
 
 class ReplicaRouter:
@@ -300,6 +347,13 @@ class ReplicaRouter:
         return f"<ReplicaRouter {self.consistency} {describe(self.primary)} + {len(self.replicas)} replicas>"
 
     # -- when a request starts -----------------------------------------------------------
+
+    def request(self, method: str, cookie: str | None) -> Route | Request:
+        """What a request starts with, without a round trip: the primary for an unsafe method, else a
+        :class:`Request` its transaction routes at its first statement (see :meth:`route`)."""
+        if method in SAFE_METHODS:
+            return Request(method, cookie)
+        return Route(self.primary, None, parse_lsn(cookie) if self.consistency == "session" else None, cookie)
 
     def route(self, method: str, cookie: str | None = None, replica: bool = True) -> Route:
         """The server for a request with *method* and the client's position *cookie*.
@@ -409,8 +463,8 @@ class ReplicaRouter:
         value = format_lsn(position)
         return None if value == route.cookie else value
 
-    def rerun_on_primary(self, scope: Any, error: BaseException | None) -> bool:
-        """True if *scope*, on a replica, failed in a way the primary fixes: run the request there.
+    def rerun_on_primary(self, route: Route, tx: ScopeTransaction, error: BaseException | None) -> bool:
+        """True if *tx*, on the replica of *route*, failed in a way the primary fixes: run the request there.
 
         A handler of a safe method that writes gets SQLSTATE 25006 on the
         replica (*error*, or the refusal its transaction kept when the handler
@@ -419,10 +473,8 @@ class ReplicaRouter:
         shows as PgBouncer's own errors), is taken out of service.  A statement
         that failed on a healthy replica is the application's error: no rerun.
         """
-        route = scope.route
-        if route is None or route.replica is None:
+        if route.replica is None:
             return False
-        tx = scope.tx
         if getattr(tx, "refused_write", False) or is_write_on_replica(error):
             self._count("replica_reruns")
             return True
@@ -434,9 +486,10 @@ class ReplicaRouter:
         self._count("replica_reruns")
         return True
 
-    def transaction(self, route: Route, begin: tuple[str, ...], end: tuple[str, ...]) -> ReplicaTransaction:
-        """The transaction of a scope routed to a replica."""
-        return ReplicaTransaction(route.connection, begin, end)
+    def transaction(self, request: Request, begin: tuple[str, ...], end: tuple[str, ...],
+                    replica_begin: tuple[str, ...]) -> RoutedTransaction:
+        """The transaction of a scope for *request*, routed at its first statement."""
+        return RoutedTransaction(self, request, begin, end, replica_begin)
 
     def primary_route(self, route: Route) -> Route:
         """The same request's route, on the primary."""
@@ -487,6 +540,9 @@ def _replica_connections(primary: DBConnection, replicas: Iterable[Any]) -> list
         if _same_server(connection, primary):
             raise ConfigurationError(f"replica {describe(connection)} is the primary itself: list the "
                                      f"replicas' own hosts or ports in replicas=")
+        if connection.driver != primary.driver:
+            raise ConfigurationError(f"replica {describe(connection)} uses the driver {connection.driver}, the "
+                                     f"primary {primary.driver}: give every URI the same ?driver=")
         if any(_same_server(connection, other) for other in connections):
             raise ConfigurationError(f"replica {describe(connection)} is listed twice in replicas=")
         connections.append(connection)

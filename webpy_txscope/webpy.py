@@ -104,7 +104,7 @@ class txscope:
         router = manager.router
         route = None
         if router is not None:
-            route = router.route(ctx.method, position_cookie(ctx.env.get("HTTP_COOKIE")))
+            route = router.request(ctx.method, position_cookie(ctx.env.get("HTTP_COOKIE")))
         replay = _Replay(ctx) if manager.attempts > 1 or router is not None else None
         for attempt in itertools.count(1):
             scope = manager.open(attempt, route)

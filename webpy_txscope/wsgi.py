@@ -100,7 +100,8 @@ class TxScopeMiddleware:
         router = manager.router
         route = None
         if router is not None:
-            route = router.route(environ.get("REQUEST_METHOD", "GET"), position_cookie(environ.get("HTTP_COOKIE")))
+            route = router.request(environ.get("REQUEST_METHOD", "GET"),
+                                   position_cookie(environ.get("HTTP_COOKIE")))
         replay = _Replay(environ) if manager.attempts > 1 or router is not None else None
         server = _Server(start_response)
         for attempt in itertools.count(1):
