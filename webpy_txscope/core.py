@@ -199,7 +199,7 @@ class Scope:
                   replica: bool | Unset = UNSET) -> None:
         """Change the transaction's characteristics before its first statement.
 
-        *replica* False moves a scope routed to a replica to the primary.
+        *replica* False keeps a safe-method scope off the replicas (``replicas=``).
         """
         if self.tx.began:
             raise RuntimeError(

@@ -63,7 +63,10 @@ class txscope:
     *retry_backoff* (seconds, the base of the randomized delay between
     attempts), *retry_after* (the ``Retry-After`` of a 503 when the database
     is unreachable) and *max_age* (log a warning when a scope stays open
-    longer than this many seconds).
+    longer than this many seconds).  *replicas*, *consistency*,
+    *replica_wait* and *max_replica_lag* send safe-method requests to
+    PostgreSQL streaming replicas without stale reads: see
+    :mod:`webpy_txscope.replicas` and README.org, "Scaling out".
     """
 
     def __init__(self, uri_or_connection: str | DBConnection, hub: Any = sqlhub,
