@@ -297,11 +297,13 @@ def test_a_replica_that_is_the_primary_is_refused(fresh):
         ReplicaRouter(primary, [f"postgres://app:s3cretpw@localhost:{fresh.primary.port}/test"])
 
 
+# MySQL URIs name mysqlclient: SQLObject's PyMySQL driver installs PyMySQL as
+# "MySQLdb" for the whole process, which breaks the mysqlclient tests after it.
 @pytest.mark.parametrize("primary, replica, message", [
-    ("mysql://root@127.0.0.1/test?driver=pymysql", "mysql://root@127.0.0.1:3307/test?driver=pymysql",
+    ("mysql://root@127.0.0.1/test?driver=mysqldb", "mysql://root@127.0.0.1:3307/test?driver=mysqldb",
      "supported on PostgreSQL only"),
     ("sqlite:/:memory:", "sqlite:/:memory:", "SQLite has no replicas"),
-    ("postgres://app:s3cretpw@127.0.0.1/test", "mysql://app:s3cretpw@127.0.0.1/test?driver=pymysql",
+    ("postgres://app:s3cretpw@127.0.0.1/test", "mysql://app:s3cretpw@127.0.0.1/test?driver=mysqldb",
      "is not a PostgreSQL database"),
     ("postgres://app:s3cretpw@127.0.0.1/test", "postgres://app:s3cretpw@127.0.0.1/test?driver=psycopg2",
      "is the primary itself"),
@@ -520,7 +522,7 @@ def test_bad_replica_options_fail_when_the_app_starts(fresh, options, message):
 
 @pytest.mark.parametrize("primary, message", [
     ("sqlite:/:memory:", "SQLite has no replicas"),
-    ("mysql://root:s3cretpw@127.0.0.1/test?driver=pymysql", "supported on PostgreSQL only"),
+    ("mysql://root:s3cretpw@127.0.0.1/test?driver=mysqldb", "supported on PostgreSQL only"),
 ])
 def test_replicas_of_mysql_and_sqlite_fail_when_the_app_starts(primary, message):
     with pytest.raises(ConfigurationError, match=message) as refused:
