@@ -15,6 +15,9 @@ tests never touch the ``txscope_test`` database of the other tests.
   crash writes, and each answer is checked against what the row may hold.
 - `TcpProxy` stands between the app and a database server to take the
   database away and give it back.
+- `private_postgres` is a PostgreSQL server of the test's own
+  (tests/pg_cluster.py): the tests that end its sessions or restart it never
+  touch the machine's server on 5432, which other test runs share.
 - `record` keeps the measured figures in tests/e2e_figures.json.
 
 Nothing is skipped: a missing mod_wsgi venv or database server fails with the
@@ -50,6 +53,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from modwsgi import ModWsgiServer, give_to_www_data, serve, server_processes  # noqa: E402
+from pg_cluster import PgCluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WSGI_FILE = REPO / "cookbook" / "app.wsgi"
@@ -118,11 +122,12 @@ class Database:
     is not the default one (postgres-psycopg2, mysql-pymysql).
     """
 
-    def __init__(self, name: str, uri: str, path: Path | None = None):
+    def __init__(self, name: str, uri: str, path: Path | None = None, port: int | None = None):
         self.name = name
         self.kind = name.split("-")[0]
         self.uri = uri
         self.path = path
+        self.port = port  # a server's port; None: the machine's
 
     def __repr__(self) -> str:
         return self.name
@@ -135,7 +140,7 @@ class Database:
         if self.kind == "postgres":
             import psycopg2
 
-            conn = psycopg2.connect(**dict(PG_ADMIN, dbname=E2E_DB))
+            conn = psycopg2.connect(**dict(PG_ADMIN, dbname=E2E_DB, port=self.port or PG_ADMIN["port"]))
             conn.autocommit = True
             return conn
         import pymysql
@@ -176,12 +181,12 @@ class Database:
         return count
 
 
-_prepared: set[str] = set()
+_prepared: set[tuple[str, int | None]] = set()
 _lock_file = None
 
 
 def _hold_e2e_lock(timeout: float = 900.0) -> None:
-    """Serialize end-to-end runs on this machine: they share txscope_e2e and restart PostgreSQL."""
+    """Serialize end-to-end runs on this machine: they share txscope_e2e and its rows."""
     global _lock_file
     if _lock_file is not None:
         return
@@ -198,13 +203,14 @@ def _hold_e2e_lock(timeout: float = 900.0) -> None:
     _lock_file = handle  # held until this process exits
 
 
-def prepare(name: str, data_dir: Path | None = None) -> Database:
+def prepare(name: str, data_dir: Path | None = None, *, port: int | None = None) -> Database:
     """The e2e database `name` (see `Database`) with the cookbook's table and sample users.
 
     PostgreSQL and MariaDB databases are dropped and made again the first
     time in a test run; SQLite lives in `data_dir` (a folder www-data owns).
     The app connects with the default driver (psycopg, mysqlclient) unless
-    `name` says otherwise.
+    `name` says otherwise.  `port`: a PostgreSQL server of the test's own
+    (see `private_postgres`) instead of the machine's.
     """
     _hold_e2e_lock()
     kind, _, driver = name.partition("-")
@@ -212,14 +218,15 @@ def prepare(name: str, data_dir: Path | None = None) -> Database:
         path = data_dir / "app.db"
         database = Database(name, f"sqlite:{path}", path)
     elif kind == "postgres":
-        database = Database(name, f"postgres://postgres@127.0.0.1/{E2E_DB}")
+        host = f"127.0.0.1:{port}" if port else "127.0.0.1"
+        database = Database(name, f"postgres://postgres@{host}/{E2E_DB}", port=port)
     else:
         database = Database(name, f"mysql://root@127.0.0.1/{E2E_DB}")
     if driver:
         database.uri += f"?driver={driver}"
-    if kind not in _prepared and kind != "sqlite":
-        _recreate(kind)
-        _prepared.add(kind)
+    if (kind, port) not in _prepared and kind != "sqlite":
+        _recreate(kind, port)
+        _prepared.add((kind, port))
     done = subprocess.run([sys.executable, "models.py", database.uri], cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         pytest.fail(f"python models.py {database.uri} failed:\n{done.stdout}{done.stderr}", pytrace=False)
@@ -228,8 +235,8 @@ def prepare(name: str, data_dir: Path | None = None) -> Database:
     return database
 
 
-def _recreate(kind: str) -> None:
-    with admin_connection(kind) as conn:
+def _recreate(kind: str, port: int | None = None) -> None:
+    with admin_connection(kind, port) as conn:
         cur = conn.cursor()
         if kind == "postgres":
             cur.execute(f"DROP DATABASE IF EXISTS {E2E_DB} WITH (FORCE)")
@@ -240,16 +247,17 @@ def _recreate(kind: str) -> None:
 
 
 @contextlib.contextmanager
-def admin_connection(kind: str):
-    """An autocommit connection to the server, outside the e2e database; fails with how to start it."""
+def admin_connection(kind: str, port: int | None = None):
+    """An autocommit connection to the server (the machine's, or the one on `port`), outside the e2e
+    database; fails with how to start it."""
     if kind == "postgres":
         import psycopg2
 
         try:
-            conn = psycopg2.connect(**PG_ADMIN)
+            conn = psycopg2.connect(**dict(PG_ADMIN, port=port or PG_ADMIN["port"]))
         except psycopg2.OperationalError as e:
-            pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({e}); start it with: {START[kind]}",
-                        pytrace=False)
+            pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:{port or PG_ADMIN['port']} ({e}); "
+                        f"start it with: {START[kind]}", pytrace=False)
         conn.autocommit = True
     else:
         import pymysql
@@ -271,9 +279,9 @@ class SessionKiller:
     Its own connection is not on the e2e database, so it never ends itself.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, port: int | None = None):
         self.kind = kind
-        self._conn_cm = admin_connection(kind)
+        self._conn_cm = admin_connection(kind, port)
         self._cur = self._conn_cm.__enter__().cursor()
         self.killed = 0
         self.killed_in_transaction = 0
@@ -318,27 +326,15 @@ class SessionKiller:
             time.sleep(0.02)
 
 
-def postgres_is_up() -> bool:
-    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"]).returncode == 0
-
-
 @contextlib.contextmanager
-def postgres_started_again() -> Iterator[None]:
-    """Whatever happens inside, PostgreSQL is running again afterwards (other tests need it)."""
-    try:
-        yield
-    finally:
-        if not postgres_is_up():
-            subprocess.run(PG_CTL + ["start"], capture_output=True, timeout=120)
-        wait_for(postgres_is_up, 60, "PostgreSQL to accept connections again")
+def private_postgres() -> Iterator[PgCluster]:
+    """A PostgreSQL server of the test's own, on a free port, removed afterwards (see tests/pg_cluster.py).
 
-
-def restart_postgres() -> None:
-    """Restart the PostgreSQL server (fast mode: open sessions are ended); return once it is up."""
-    done = subprocess.run(PG_CTL + ["restart"], capture_output=True, text=True, timeout=120)
-    if done.returncode:
-        raise AssertionError(f"{' '.join(PG_CTL)} restart failed: {done.stdout}{done.stderr}")
-    wait_for(postgres_is_up, 60, "PostgreSQL to accept connections after the restart")
+    For the tests that end every session of the server or restart it: the
+    machine's server is shared with every other test run on this machine.
+    """
+    with PgCluster(dbname=E2E_DB) as cluster:
+        yield cluster
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):

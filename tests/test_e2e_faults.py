@@ -2,7 +2,8 @@
 
 PostgreSQL: every application backend is terminated (``pg_terminate_backend``)
 again and again while checker-like clients write, read and crash writes, then
-the server is restarted once.  MariaDB (mysqlclient, then PyMySQL): application
+the server is restarted once.  That server is the test's own
+(`e2e_support.private_postgres`), never the machine's shared one.  MariaDB (mysqlclient, then PyMySQL): application
 connections are ``KILL``-ed while they are inside a transaction, between
 statements or during one.  Then, with no more faults, every request must
 succeed again, without restarting the app.
@@ -30,7 +31,7 @@ import pytest
 
 from e2e_support import (
     E2E_DB, LEAKED, LOST, PROCESSES, SERVER_KINDS, THREADS, WRONG_ANSWER, Load, SessionKiller, TcpProxy,
-    admin_connection, call, cookbook, postgres_started_again, prepare, record, restart_postgres,
+    admin_connection, call, cookbook, prepare, private_postgres, record,
 )
 
 pytestmark = pytest.mark.e2e
@@ -46,19 +47,29 @@ PASSWORD = "s3cret"
 # -- faults under load ------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def postgres_server():
+    """The PostgreSQL server these tests end sessions of and restart: their own, never the machine's."""
+    with private_postgres() as server:
+        yield server
+
+
 @pytest.fixture(scope="module", params=["postgres", "mysql", "mysql-pymysql"])
 def faulted(request):
     """Run the load, inject the faults, let it run on; keep every answer."""
-    database = prepare(request.param)
+    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else None
+    database = prepare(request.param, port=server.primary.port if server else None)
     kind = database.kind
     prefix = "flt" + secrets.token_hex(3)
-    with postgres_started_again(), cookbook(database) as app:
+    with cookbook(database) as app:
         load = Load(app.url, app.create_users(2 * CLIENTS, prefix), CLIENTS, PATTERN, prefix)
         load.start()
         try:
             load.wait_done(200)
-            inject = _terminate_and_restart if kind == "postgres" else _kill_in_transaction
-            faults, quiet_from = inject(load)
+            if kind == "postgres":
+                faults, quiet_from = _terminate_and_restart(load, server)
+            else:
+                faults, quiet_from = _kill_in_transaction(load)
             load.wait_done(load.done + QUIET_REQUESTS)
         finally:
             load.stop()
@@ -71,9 +82,9 @@ def faulted(request):
     return SimpleNamespace(kind=kind, load=load, faults=faults, quiet=quiet, log=log)
 
 
-def _terminate_and_restart(load):
+def _terminate_and_restart(load, server):
     """End every application backend, round after round, then restart the server once."""
-    killer = SessionKiller("postgres")
+    killer = SessionKiller("postgres", server.primary.port)
     try:
         for _ in range(TERMINATE_ROUNDS):
             killer.kill()
@@ -82,7 +93,7 @@ def _terminate_and_restart(load):
     finally:
         killer.close()
     load.wait_done(load.done + 100)
-    restart_postgres()
+    server.restart_node(server.primary)
     # Every backend died with the old server; requests from now on must all succeed.
     quiet_from = time.monotonic()
     return {"backends_terminated": terminated, "terminated_inside_a_transaction": in_transaction,
@@ -134,13 +145,14 @@ def test_after_the_faults_every_request_succeeds_without_restarting_the_app(faul
 
 
 @pytest.mark.parametrize("name", ["postgres", "postgres-psycopg2", "mysql", "mysql-pymysql"])
-def test_a_connection_that_died_while_idle_does_not_fail_the_next_request(name):
-    database = prepare(name)
+def test_a_connection_that_died_while_idle_does_not_fail_the_next_request(name, request):
+    port = request.getfixturevalue("postgres_server").primary.port if name.startswith("postgres") else None
+    database = prepare(name, port=port)
     prefix = "idl" + secrets.token_hex(3)
     with cookbook(database) as app:
         load = Load(app.url, app.create_users(CLIENTS, prefix), CLIENTS, ("read", "write"), prefix)
         load.run(4)  # every thread of every process has used a connection
-        killer = SessionKiller(database.kind)
+        killer = SessionKiller(database.kind, port)
         try:
             ended = killer.kill()
             killer.wait_gone(ended)
@@ -177,11 +189,12 @@ def _mysql_user():
 def outage(request):
     """The app behind a proxy: down from the start, back, down again (cutting its connections), back."""
     kind = request.param
-    database = prepare(kind)
+    port = request.getfixturevalue("postgres_server").primary.port if kind == "postgres" else None
+    database = prepare(kind, port=port)
     if kind == "mysql":
         _mysql_user()
     user_id = min(database.users())
-    proxy = TcpProxy(5432 if kind == "postgres" else 3306)
+    proxy = TcpProxy(port or 3306)
     phases = {}
     with cookbook(database, uri=_uri(kind, proxy.port)) as app:
         try:

@@ -20,6 +20,11 @@ log = logging.getLogger("webpy_txscope")
 # "untouched": scopes that ended without touching the database, so with
 # nothing to commit or roll back (see ScopeManager.close_untouched).
 _counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0, "untouched": 0}
+# Reads routed by replicas= (see webpy_txscope/replicas.py): served by a
+# replica, served by the primary although a replica was wanted (fallbacks),
+# routed after waiting for a replica to replay, and rerun on the primary.
+_replica_counts: Dict[str, int] = {"replica_reads": 0, "primary_reads": 0, "replica_fallbacks": 0,
+                                   "replica_waits": 0, "replica_reruns": 0}
 # Every request passes here twice: one dict operation each way, no tuple.
 _open: Dict[Any, float] = {}  # open scope -> when it opened (its manager: scope.manager)
 _warned: set = set()  # open scopes already reported as too old
@@ -78,10 +83,16 @@ def stats() -> Dict[str, float]:
     """A snapshot: commits, rollbacks, failed commits, retries, untouched scopes, open scopes, oldest age.
 
     A scope that never touched the database counts as ``untouched``, not as
-    a commit or a rollback: it had nothing to commit or roll back.
+    a commit or a rollback: it had nothing to commit or roll back.  With
+    ``replicas=``, the reads routed: ``replica_reads``, ``primary_reads``
+    (safe-method requests the primary served), ``replica_fallbacks`` (of
+    those, the ones no replica had replayed far enough in time, or none was
+    up), ``replica_waits`` (replica reads that waited for the replay) and
+    ``replica_reruns`` (requests run again on the primary after a write on
+    a replica or a replica lost mid-request).
 
-    >>> sorted(stats())
-    ['commits', 'failed_commits', 'oldest_scope_age', 'open_scopes', 'retries', 'rollbacks', 'untouched']
+    >>> sorted(stats())[:4]
+    ['commits', 'failed_commits', 'oldest_scope_age', 'open_scopes']
     """
     check_scope_ages()
     started = list(_open.values())  # one snapshot for both figures: they never disagree
@@ -93,6 +104,7 @@ def stats() -> Dict[str, float]:
         "untouched": _counts["untouched"],
         "open_scopes": len(started),
         "oldest_scope_age": time.monotonic() - min(started) if started else 0.0,
+        **_replica_counts,
     }
 
 

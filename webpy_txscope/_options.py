@@ -41,6 +41,14 @@ class ScopeOptions(TypedDict, total=False):
     retry_backoff: float
     retry_after: int
     max_age: float | None
+    replicas: list[str] | None
+    consistency: str
+    replica_wait: float
+    max_replica_lag: float | None
+
+
+#: What ``consistency=`` accepts (see webpy_txscope/replicas.py).
+CONSISTENCY = ("session", "strong")
 
 
 def normalize_isolation(level: str | None) -> str | None:
@@ -98,6 +106,10 @@ class Settings:
     retry_backoff: float = 0.02
     retry_after: int = 5
     max_age: float | None = None
+    replicas: Any = None
+    consistency: str = "session"
+    replica_wait: float = 0.5
+    max_replica_lag: float | None = None
 
     def __post_init__(self) -> None:
         attempts = self.attempts
@@ -114,6 +126,12 @@ class Settings:
             raise ConfigurationError(f"retry_after must be a whole number of seconds >= 0, not {retry_after!r}")
         if self.max_age is not None:
             set_(self, "max_age", _finite("max_age", self.max_age, 0))
+        if self.consistency not in CONSISTENCY:
+            raise ConfigurationError(f"unknown consistency {self.consistency!r}: use 'session' (read-your-writes "
+                                     "per client, by cookie) or 'strong' (no stale read for anyone)")
+        set_(self, "replica_wait", _finite("replica_wait", self.replica_wait, 0))
+        if self.max_replica_lag is not None:
+            set_(self, "max_replica_lag", _finite("max_replica_lag", self.max_replica_lag, 0))
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._options import ScopeOptions
+    from .replicas import ReplicaRouter, Request, Route
 
 log = logging.getLogger("webpy_txscope")
 
@@ -128,14 +129,24 @@ class Scope:
     Attributes a handler may use through the module functions:
     ``hooks`` (see :func:`on_commit`) and ``doomed`` (see :func:`doom`).
     ``problem`` says why the last :meth:`ScopeManager.finish` did not commit.
+    With ``replicas=``, ``route`` says where the scope runs (a
+    :class:`~webpy_txscope.replicas.Route`, or a ``Request`` that its
+    transaction routes at its first statement) and ``position`` is the
+    client's new position cookie after it finished.
     """
 
     __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "isolation", "readonly",
-                 "problem", "unscoped_body", "_prev", "_outer", "_bound", "_state")
+                 "problem", "unscoped_body", "route", "position", "_prev", "_outer", "_bound", "_state")
 
-    def __init__(self, manager: ScopeManager, attempt: int = 1):
+    def __init__(self, manager: ScopeManager, attempt: int = 1, route: Route | Request | None = None):
         self.manager = manager
-        self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
+        self.route = route
+        self.position: str | None = None
+        if route is not None and route.pending:
+            router: Any = manager.router
+            self.tx = router.transaction(route, manager._begin, manager._end, manager._replica_begin)
+        else:
+            self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
         self.hooks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self.doomed = False
         self.started = time.monotonic()
@@ -184,19 +195,27 @@ class Scope:
     def bound(self) -> bool:
         return self._bound
 
-    def configure(self, isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET) -> None:
-        """Change the transaction's characteristics before its first statement."""
+    def configure(self, isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET,
+                  replica: bool | Unset = UNSET) -> None:
+        """Change the transaction's characteristics before its first statement.
+
+        *replica* False keeps a safe-method scope off the replicas (``replicas=``).
+        """
         if self.tx.began:
             raise RuntimeError(
-                "the transaction already sent a statement: isolation and read-only "
+                "the transaction already sent a statement: isolation, read-only and replica "
                 "must be chosen before the handler touches the database"
             )
         if isolation is not UNSET:
             self.isolation = normalize_isolation(isolation)
         if readonly is not UNSET:
             self.readonly = bool(readonly)
-        self.tx.set_statements(*_driver.begin_statements(self.manager.connection.dbName,
-                                                         self.isolation, self.readonly))
+        db_name = self.manager.connection.dbName
+        self.tx.set_statements(*_driver.begin_statements(db_name, self.isolation, self.readonly))
+        route = self.route
+        if route is not None and route.pending:  # a replica only ever reads
+            self.tx.prefer(_driver.begin_statements(db_name, self.isolation, True)[0],
+                           None if replica is UNSET else bool(replica))
 
     def check_joinable(self, isolation: str | None | Unset, readonly: bool | Unset) -> None:
         """Refuse a nested block whose characteristics this transaction does not have.
@@ -258,6 +277,19 @@ class ScopeManager:
         self._verdicts: dict[Any, bool] | None = \
             {} if self.commit_veto in (default_commit_veto, strict_commit_veto) else None
         _driver.prepare(self.connection)
+        self.router: ReplicaRouter | None = None
+        if settings.replicas:
+            from . import replicas  # loaded only by the apps that use it
+
+            self.router = replicas.ReplicaRouter(
+                self.connection, settings.replicas, consistency=settings.consistency,
+                replica_wait=settings.replica_wait, max_replica_lag=settings.max_replica_lag)
+            self._replica_begin = _driver.begin_statements(self.connection.dbName, self.isolation, True)[0]
+            for replica in self.router.replicas:
+                _driver.prepare(replica.connection)
+            # Only a manager with replicas pays for them: its finish step is
+            # the routed one, every other manager's stays as it is.
+            self.finish = self._finish_routed  # type: ignore[method-assign]
 
     @property
     def name(self) -> str:
@@ -277,12 +309,13 @@ class ScopeManager:
             return scope
         return None
 
-    def open(self, attempt: int = 1) -> Scope:
-        """Open a scope and bind it to this thread."""
+    def open(self, attempt: int = 1, route: Route | Request | None = None) -> Scope:
+        """Open a scope and bind it to this thread; *route* (``replicas=``) says on which server."""
         ours: dict[Any, Any] = _local.__dict__
-        scope = ours.pop(self, None)  # this thread's last scope of ours, kept by finish() if untouched
+        # This thread's last scope of ours, kept by finish() if untouched.
+        scope = ours.pop(self, None) if route is None else None
         if scope is None:
-            scope = Scope(self, attempt)
+            scope = Scope(self, attempt, route)
         else:
             scope.started = time.monotonic()
             scope.attempt = attempt
@@ -364,6 +397,27 @@ class ScopeManager:
             return self._unavailable(scope)
         return COMMIT_FAILED
 
+    def _finish_routed(self, scope: Scope, status: Status | Unset = UNSET, headers: Headers = None,
+                       error: BaseException | None = None, *, retry: bool = True) -> Outcome:
+        """:meth:`finish` with ``replicas=``: a read that failed on a replica runs again on the
+        primary; the client's position is read after the scope ended (see webpy_txscope/replicas.py)."""
+        router = self.router
+        assert router is not None
+        route: Any = scope.route
+        tx: Any = scope.tx
+        if route is not None and route.pending:
+            route = tx.route  # None: it never reached a server
+        if route is None:  # nothing routed, or a script's scope: no client to give a position
+            return ScopeManager.finish(self, scope, status, headers, error, retry=retry)
+        if route.replica is not None and retry and router.rerun_on_primary(route, tx, error):
+            self._roll_back(scope, "a write or a lost connection on a replica: again on the primary")
+            scope.route = router.primary_route(route)
+            return RETRY
+        outcome = ScopeManager.finish(self, scope, status, headers, error, retry=retry)
+        if outcome is COMMITTED or outcome is ROLLED_BACK:
+            scope.position = router.position_after(route, tx.began)
+        return outcome
+
     @staticmethod
     def _failure_kind(scope: Scope, error: BaseException | None) -> ErrorKind | None:
         failure = scope.tx.failure
@@ -392,7 +446,7 @@ class ScopeManager:
         _metrics.count("untouched")
         if self.max_age is not None:  # nothing began, so nothing is logged at DEBUG either
             self._report(scope, "untouched", "")
-        if state is not None and tx.uses_statements(self._begin, self._end):
+        if state is not None and scope.route is None and tx.uses_statements(self._begin, self._end):
             state[1][self] = scope
 
     def _roll_back(self, scope: Scope, reason: str) -> None:

@@ -24,6 +24,7 @@ from ._http import RequestBody, failure_answer
 from ._options import UNSET, Unset, normalize_isolation
 from ._policy import Headers, Status
 from .core import RETRY, CommitFailed, Outcome, Scope, ScopedBody, ScopeManager, _local, current_scope
+from .replicas import position_cookie, set_cookie
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -62,7 +63,10 @@ class txscope:
     *retry_backoff* (seconds, the base of the randomized delay between
     attempts), *retry_after* (the ``Retry-After`` of a 503 when the database
     is unreachable) and *max_age* (log a warning when a scope stays open
-    longer than this many seconds).
+    longer than this many seconds).  *replicas*, *consistency*,
+    *replica_wait* and *max_replica_lag* send safe-method requests to
+    PostgreSQL streaming replicas without stale reads: see
+    :mod:`webpy_txscope.replicas` and README.org, "Scaling out".
     """
 
     def __init__(self, uri_or_connection: str | DBConnection, hub: Any = sqlhub,
@@ -100,9 +104,13 @@ class txscope:
     def _handle(self, handler: Callable[[], Any]) -> Any:
         manager = self.manager
         ctx = web.ctx
-        replay = _Replay(ctx) if manager.attempts > 1 else None
+        router = manager.router
+        route = None
+        if router is not None:
+            route = router.request(ctx.method, position_cookie(ctx.env.get("HTTP_COOKIE")))
+        replay = _Replay(ctx) if manager.attempts > 1 or router is not None else None
         for attempt in itertools.count(1):
-            scope = manager.open(attempt)
+            scope = manager.open(attempt, route)
             try:
                 result = handler()
             except web.HTTPError as answer:
@@ -112,8 +120,11 @@ class txscope:
                 outcome = manager.finish(scope, ctx.status, ctx.headers,
                                          answer if _is_crash(ctx.status) else None, retry=replay is not None)
                 if outcome is RETRY:
+                    route = scope.route  # the primary, after a write on a replica
                     replay.reset(ctx)  # type: ignore[union-attr]
                     continue
+                if route is not None and scope.position:
+                    web.header(*set_cookie(scope.position))
                 raise _failed(manager, outcome) or answer
             except BaseException as e:  # KeyboardInterrupt, SystemExit
                 manager.finish(scope, error=e, retry=False)
@@ -125,10 +136,13 @@ class txscope:
                 return result
             outcome = manager.finish(scope, ctx.status, ctx.headers, retry=replay is not None)
             if outcome is RETRY:
+                route = scope.route
                 replay.reset(ctx)  # type: ignore[union-attr]
                 continue
             if outcome.failed:
                 raise _failed(manager, outcome)  # type: ignore[misc]
+            if route is not None and scope.position:
+                web.header(*set_cookie(scope.position))
             return result
 
 
@@ -182,7 +196,8 @@ class _WebpyBody(ScopedBody):
         return CommitFailed(f"the commit did not succeed: {scope.problem}")
 
 
-def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET) -> Callable[[F], F]:
+def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET,
+                  replica: bool | Unset = UNSET) -> Callable[[F], F]:
     """Decorate a handler method to give its transaction other characteristics.
 
     >>> from webpy_txscope import scope_options
@@ -192,7 +207,8 @@ def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset 
     ...         return "..."
 
     The settings apply to that request's transaction only and must be chosen
-    before the handler's first statement.
+    before the handler's first statement.  ``replica=False`` keeps a GET
+    handler on the primary when the scope has ``replicas=``.
     """
     if isolation is not UNSET:
         normalize_isolation(isolation)
@@ -202,7 +218,7 @@ def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             scope = current_scope()
             if scope is not None:
-                scope.configure(isolation, readonly)
+                scope.configure(isolation, readonly, replica)
             return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

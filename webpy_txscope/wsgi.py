@@ -34,6 +34,7 @@ from ._http import Answer, RequestBody, failure_answer
 from ._options import OPTION_NAMES
 from ._policy import Headers, Status, default_commit_veto, strict_commit_veto
 from .core import RETRY, UNAVAILABLE, CommitFailed, Outcome, Scope, ScopedBody, ScopeManager
+from .replicas import position_cookie, set_cookie
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -96,10 +97,15 @@ class TxScopeMiddleware:
         manager = self.manager
         if manager.active() is not None:
             return self.app(environ, start_response)  # an outer scope owns this request: join it
-        replay = _Replay(environ) if manager.attempts > 1 else None
+        router = manager.router
+        route = None
+        if router is not None:
+            route = router.request(environ.get("REQUEST_METHOD", "GET"),
+                                   position_cookie(environ.get("HTTP_COOKIE")))
+        replay = _Replay(environ) if manager.attempts > 1 or router is not None else None
         server = _Server(start_response)
         for attempt in itertools.count(1):
-            scope = manager.open(attempt)
+            scope = manager.open(attempt, route)
             response = _Response(server)
             try:
                 body, chunks = _run(self.app, environ, response)
@@ -107,6 +113,7 @@ class TxScopeMiddleware:
                 retry = replay is not None and not server.written and isinstance(e, Exception)
                 outcome = manager.finish(scope, error=e, retry=retry)
                 if outcome is RETRY:
+                    route = scope.route  # the primary, after a write on a replica
                     replay.reset(environ)  # type: ignore[union-attr]
                     continue
                 if outcome is UNAVAILABLE and not server.written and isinstance(e, Exception):
@@ -122,12 +129,16 @@ class TxScopeMiddleware:
             outcome = manager.finish(scope, response.status, response.headers,
                                      retry=replay is not None and not server.written)
             if outcome is RETRY:
+                route = scope.route
                 replay.reset(environ)  # type: ignore[union-attr]
                 continue
             if outcome.failed:
                 if server.written:  # write() already sent part of the body: only an abort can tell
                     raise CommitFailed(f"the commit did not succeed: {scope.problem}")
                 return server.answer(failure_answer(manager, outcome))
+            if route is not None and scope.position and not server.written:
+                # The server has the headers but sent nothing yet: they are given again, with the cookie.
+                server.start(response.status, response.headers + [set_cookie(scope.position)])  # type: ignore
             return body
         raise AssertionError("unreachable")
 
@@ -307,6 +318,10 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "retry_backoff": float,
     "retry_after": int,
     "max_age": float,
+    "replicas": lambda text: [uri.strip() for uri in text.replace("\n", ",").split(",") if uri.strip()],
+    "consistency": str,
+    "replica_wait": float,
+    "max_replica_lag": float,
 }
 
 
@@ -318,7 +333,9 @@ def filter_app_factory(app: Callable[..., Any], global_conf: dict[str, Any], uri
     :class:`TxScopeMiddleware` as text: ``attempts = 3``, ``readonly = true``,
     ``isolation = serializable``, ``commit_veto = strict`` (or ``default``, or
     ``package.module:function``), ``retry_backoff = 0.05``,
-    ``retry_after = 10``, ``max_age = 30``.  A bad setting fails when the
+    ``retry_after = 10``, ``max_age = 30``, ``replicas = postgres://app@r1/db,
+    postgres://app@r2/db`` (commas or lines), ``consistency = strong``,
+    ``replica_wait = 0.5``, ``max_replica_lag = 5``.  A bad setting fails when the
     pipeline loads, with a :class:`~webpy_txscope.ConfigurationError`.
     """
     if not uri or not str(uri).strip():
