@@ -16,8 +16,8 @@ import web
 from sqlobject import sqlhub
 
 from models import User
-from webpy_txscope import (CommitFailed, Scope, TxScopeMiddleware, current_scope, doom, no_scope, on_commit, open_scopes,
-                           stats, txscope)
+from webpy_txscope import (CommitFailed, Scope, TxScopeMiddleware, current_scope, doom, no_scope, on_commit,
+                           open_scopes, stats, txscope)
 from webapps import make_app
 
 

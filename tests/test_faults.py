@@ -2,7 +2,6 @@
 
 import logging
 
-import pytest
 from sqlobject import sqlhub
 
 from models import User

@@ -95,8 +95,6 @@ def test_interrupts_roll_back_and_propagate(scope, backend, exc):
 # -- a failed COMMIT answers 500 and keeps nothing ---------------------------------
 
 
-
-
 @pytest.mark.parametrize("ending", ["return", "redirect"])
 def test_failed_commit_answers_500_and_keeps_nothing(scope, backend, make_commit_fail, ending):
     def handler():

@@ -238,8 +238,6 @@ def test_app_close_runs_inside_the_scope_before_commit(wrap, backend):
 # -- a failed COMMIT: 500 while the answer can change, an abort after -----------------------
 
 
-
-
 @pytest.mark.parametrize("body", ["list", "empty iterable"])
 @pytest.mark.parametrize("status", ["200 OK", "303 See Other"])
 def test_failed_commit_of_a_complete_body_answers_500(wrap, backend, make_commit_fail, status, body):

@@ -121,7 +121,8 @@ def export_prometheus(registry=None) -> None:
         from prometheus_client import REGISTRY
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     except ImportError:
-        raise ImportError("export_prometheus() needs prometheus_client: pip install 'webpy_txscope[prometheus]'") from None
+        raise ImportError("export_prometheus() needs prometheus_client: "
+                          "pip install 'webpy_txscope[prometheus]'") from None
 
     class _Collector:
         def collect(self):

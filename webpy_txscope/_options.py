@@ -16,6 +16,7 @@ from typing import Any, Mapping, TypedDict
 from ._errors import ConfigurationError
 from ._policy import CommitVeto, default_commit_veto
 
+
 class Unset(enum.Enum):
     """The type of :data:`UNSET`: "keep the scope's own setting"."""
 

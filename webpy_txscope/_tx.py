@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sqlobject.cache import CacheSet
 from sqlobject.dbconnection import ConnWrapper, Transaction
@@ -63,6 +63,7 @@ class TransactionFailed(Exception):
 class Savepoint(NamedTuple):
     name: str
     failure: Failure | None  # the transaction's failure when the block began
+
 
 #: Settings of the connection that SQLObject's column converters read for
 #: every string value of every row (``StringValidator.to_python``): fixed when

@@ -362,6 +362,7 @@ class Client:
         if not isinstance(got, str):
             self.tally.http_error(f"{what} of row {row.id} has no fullname: {body!r}")
             return
+        assert row.value is not None  # _read checks
         problem = classify_read(got, row.value, crash_value)
         worker = body.get("worker", "?")
         self.tally.check(problem, f"row {row.id} {what} by worker {worker}: {got!r}, expected {row.value!r}")

@@ -46,7 +46,7 @@ from typing import Any, Iterable
 from sqlobject.dbconnection import DBConnection
 
 from . import _driver, _metrics
-from ._errors import DISCONNECT, ConfigurationError, _chain, _codes, classify
+from ._errors import DISCONNECT, ConfigurationError, _chain, _code, classify
 from ._tx import UNTOUCHED, ScopeTransaction
 from ._uri import describe, open_connection, scrub
 
@@ -127,7 +127,7 @@ def _replayed_past(replayed: int, target: int) -> bool:
 
 def is_write_on_replica(error: BaseException | None) -> bool:
     """True if *error* is PostgreSQL refusing a write in a read-only transaction (SQLSTATE 25006)."""
-    return any(code == READ_ONLY_SQL_TRANSACTION for err in _chain(error) for code in _codes(err))
+    return any((found := _code(err)) is not None and found[1] == READ_ONLY_SQL_TRANSACTION for err in _chain(error))
 
 
 def position_cookie(header: str | None) -> str | None:

@@ -33,7 +33,7 @@ from ._errors import ConfigurationError
 from ._http import Answer, RequestBody, failure_answer
 from ._options import OPTION_NAMES
 from ._policy import Headers, Status, default_commit_veto, strict_commit_veto
-from .core import RETRY, UNAVAILABLE, CommitFailed, Outcome, Scope, ScopedBody, ScopeManager
+from .core import RETRY, UNAVAILABLE, CommitFailed, Scope, ScopedBody, ScopeManager
 from .replicas import position_cookie, set_cookie
 
 if TYPE_CHECKING:
