@@ -182,14 +182,3 @@ def classify(exc: BaseException | None) -> ErrorKind:
                 if needle in text:
                     return kind
     return OTHER
-
-
-def is_dead(raw) -> bool:
-    """Tell, without a round trip, whether a driver connection is closed."""
-    closed = getattr(raw, "closed", None)  # psycopg2: int, psycopg 3: bool
-    if closed is not None and not callable(closed):
-        return bool(closed)
-    is_open = getattr(raw, "open", None)  # MySQLdb and PyMySQL
-    if is_open is not None and not callable(is_open):
-        return not is_open
-    return False
