@@ -1,0 +1,413 @@
+"""A cache of query results shared by every process and host, never stale.
+
+``txscope(uri, cache="local")`` or ``cache="redis://host:6379/0"`` caches the
+results of the SELECTs SQLObject sends inside a scope (``Model.get``,
+iterating a ``select()``, ``count()``), keyed by their SQL text and tagged
+with the tables they read.  The rules, each tested:
+
+* **Tokens, not times.**  Every table has a random generation token in the
+  shared store (:mod:`~webpy_txscope._cachestore`).  An entry carries the
+  tokens its tables had *before* its query ran, and is served only while
+  every one of them is still current.  No wall clock is read anywhere.
+* **Writers replace tokens twice.**  Before COMMIT a writer leases a pending
+  marker on the tables it wrote and replaces their tokens; after COMMIT it
+  replaces them again and drops the marker, and only then is the request
+  answered.  Nobody stores an entry while a marker lives, so a writer killed
+  between its COMMIT and its second replacement leaves nothing trustable.
+* **A reader's snapshot never predates its tags.**  Tokens are read before
+  the query, and only in transactions whose every statement takes a fresh
+  snapshot (READ COMMITTED; SQLite outside an explicit BEGIN).  REPEATABLE
+  READ and SERIALIZABLE scopes bypass the cache, and so do MySQL/MariaDB
+  scopes unless ``isolation="READ COMMITTED"`` is chosen: MariaDB's default is
+  REPEATABLE READ.
+* **Own writes stay own.**  A transaction that wrote a table reads it from the
+  database for the rest of the transaction.
+* **Failures fail loudly.**  A store that cannot be reached makes reads go to
+  the database; a write whose tables cannot be marked is rolled back
+  (:class:`CacheUnavailable`), and a commit whose second replacement failed is
+  reported as :class:`InvalidationFailed`, never as a plain success.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import logging
+import random
+import threading
+import uuid
+from collections import OrderedDict
+
+from sqlobject import classregistry
+
+from ._cachestore import ALL_TABLES, StoreUnavailable, open_store
+from ._errors import ConfigurationError
+from ._sqltables import NEUTRAL, READ, WRITE, classify_sql
+from ._tx import _POSTPONED, ScopeTransaction
+
+log = logging.getLogger("webpy_txscope")
+
+#: Counters, per process, merged into :func:`webpy_txscope.stats`.
+counts = {"cache_hits": 0, "cache_misses": 0, "cache_bypasses": 0, "cache_invalidations": 0}
+
+# Values that no caller can change in place: an entry shares them between requests.
+_IMMUTABLE = (int, float, str, bytes, bool, type(None), decimal.Decimal, datetime.date, datetime.time,
+              datetime.timedelta, uuid.UUID)
+
+
+class CacheUnavailable(Exception):
+    """A write could not be marked in the shared store, so it was not committed."""
+
+
+class InvalidationFailed(Exception):
+    """COMMIT succeeded but the shared store did not take the second replacement.
+
+    The write is durable; other processes may not store entries for its tables
+    until the lease ends, and must not be told that all is well.
+    """
+
+
+class SharedCache:
+    """The entries of one database in this process, and the store that says which are current.
+
+    *max_entries* bounds this process's entries (least recently used go
+    first); a result of more than *max_rows* rows is not cached.  *lease*
+    (seconds) is how long a writer's pending marker lives if the writer dies:
+    it must exceed the longest COMMIT.  *exclude* names tables (or models)
+    never cached; a model opts out with ``class sqlmeta: txscope_cache = False``.
+    """
+
+    def __init__(self, spec: str, *, max_entries: int = 10_000, max_rows: int = 1_000,
+                 lease: float = 10.0, exclude=()):
+        if not isinstance(spec, str):
+            raise ConfigurationError(f"cache must be 'local' or a redis:// URL, not {spec!r}")
+        if max_entries < 1 or max_rows < 1:
+            raise ConfigurationError("cache max_entries and max_rows must be at least 1")
+        self.spec = spec
+        self.store = open_store(spec, lease)
+        self.max_entries = max_entries
+        self.max_rows = max_rows
+        self._exclude = frozenset(_table_of(item) for item in exclude)
+        self._opted_out: frozenset = frozenset()
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._safe: dict = {}
+        self.transaction_class = type("CachedScopeTransaction", (CachedTransaction,), {"_shared": self})
+
+    def __repr__(self) -> str:
+        return f"SharedCache({self.store!r}, {len(self._entries)} entries)"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- entries -------------------------------------------------------------
+
+    def _get(self, key):
+        entry = self._entries.get(key)
+        if entry is not None:
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:  # evicted by another thread meanwhile
+                pass
+        return entry
+
+    def _put(self, key, tables, tags, value) -> None:
+        with self._lock:
+            entries = self._entries
+            entries[key] = (tables, tags, value)
+            entries.move_to_end(key)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Drop this process's entries (the tokens in the store stay)."""
+        with self._lock:
+            self._entries.clear()
+
+    # -- what may be cached ----------------------------------------------------
+
+    def excluded(self, tables) -> bool:
+        """True if one of *tables* is never cached (an option or a model's sqlmeta)."""
+        if not self._exclude and not self._opted_out and not _models_changed():
+            return False
+        self._opted_out = _opted_out_tables()
+        return any(table in self._exclude or table in self._opted_out for table in tables)
+
+    def snapshot_safe(self, tx: ScopeTransaction) -> bool:
+        """True if every statement of *tx* reads a fresh snapshot, so tokens read first tag it truly."""
+        key = (tx._begin, tx._dbConnection.dbName)
+        known = self._safe.get(key)
+        if known is None:
+            known = self._safe[key] = _fresh_snapshots(tx)
+        return known
+
+    # -- writes from elsewhere ------------------------------------------------------
+
+    def invalidate(self, *tables: str) -> None:
+        """Make every entry of *tables* stale (all tables if none are named)."""
+        names = tuple(_table_of(t) for t in tables) or (ALL_TABLES,)
+        writer = _writer_id()
+        self.store.begin_write(names, writer)
+        self.store.end_write(names, writer)
+        counts["cache_invalidations"] += len(names)
+
+
+def invalidate(*tables, cache: "str | SharedCache" = "local") -> None:
+    """Tell the shared cache that something outside a scope wrote *tables*.
+
+    Call it after the write committed (a cron job, a migration, a psql
+    session).  Tables may be given as names or SQLObject classes; none means
+    every table.  Raises :class:`~webpy_txscope._cachestore.StoreUnavailable`
+    if the store cannot be reached: then the entries are not known to be stale.
+    """
+    if isinstance(cache, SharedCache):
+        cache.invalidate(*tables)
+        return
+    names = tuple(_table_of(t) for t in tables) or (ALL_TABLES,)
+    store = open_store(cache)
+    writer = _writer_id()
+    store.begin_write(names, writer)
+    store.end_write(names, writer)
+    counts["cache_invalidations"] += len(names)
+
+
+def _table_of(item) -> str:
+    sqlmeta = getattr(item, "sqlmeta", None)
+    name = sqlmeta.table if sqlmeta is not None else item
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"a table name or a SQLObject class is needed, not {item!r}")
+    return name.split(".")[-1].strip('"`').lower()
+
+
+_model_count = -1
+
+
+def _models_changed() -> bool:
+    return _model_count != sum(len(r.classes) for r in classregistry.MasterRegistry.registries.values())
+
+
+def _opted_out_tables() -> frozenset:
+    global _model_count
+    tables, total = set(), 0
+    for registry in list(classregistry.MasterRegistry.registries.values()):
+        for cls in registry.allClasses():
+            total += 1
+            if getattr(cls.sqlmeta, "txscope_cache", True) is False:
+                tables.add(_table_of(cls))
+    _model_count = total
+    return frozenset(tables)
+
+
+def _fresh_snapshots(tx: ScopeTransaction) -> bool:
+    """Whether each statement of *tx* sees everything committed before it started."""
+    begin = " ".join(tx._begin).upper()
+    db = tx._dbConnection
+    if db.dbName == "sqlite":
+        # Python's sqlite3 reads outside a transaction until the first write;
+        # after it the write lock keeps every other writer out.  An explicit
+        # BEGIN (REPEATABLE READ, SERIALIZABLE) holds one snapshot instead.
+        return "BEGIN" not in begin
+    if "REPEATABLE READ" in begin or "SERIALIZABLE" in begin:
+        return False
+    if "READ COMMITTED" in begin:
+        return True
+    if db.dbName == "postgres":
+        level = db.queryOne("SHOW default_transaction_isolation")[0]
+        return str(level).lower() == "read committed"
+    return False  # MySQL and MariaDB: REPEATABLE READ unless chosen otherwise
+
+
+def _writer_id() -> int:
+    return random.getrandbits(62) + 1  # never 0: an empty lease cell
+
+
+def _debug(reason: str, sql: str) -> None:
+    counts["cache_bypasses"] += 1
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("cache bypassed (%s): %s", reason, sql if len(sql) <= 200 else sql[:200] + "...")
+
+
+def _frozen(rows):
+    """*rows* as a tuple, or None if a value could be changed in place by a caller."""
+    for row in rows:
+        if row is None:
+            continue
+        for value in row:
+            if not isinstance(value, _IMMUTABLE) and not (isinstance(value, memoryview) and value.readonly):
+                return None
+    return tuple(tuple(row) if row is not None else None for row in rows)
+
+
+class _State:
+    """What one transaction knows about the cache."""
+
+    __slots__ = ("tokens", "pending", "written", "off", "leased", "writer")
+
+    def __init__(self):
+        self.tokens: dict = {}
+        self.pending: set = set()
+        self.written: set = set()
+        self.off = ""  # why this whole transaction bypasses the cache, if it does
+        self.leased = None  # tables whose pending marker this transaction holds
+        self.writer = 0
+
+
+class CachedTransaction(ScopeTransaction):
+    """A scope's transaction that reads through the shared cache.
+
+    Only the query methods and COMMIT differ from
+    :class:`~webpy_txscope._tx.ScopeTransaction`; like it, it checks out no
+    connection until a statement must reach the server, so a request served
+    entirely from the cache sends no BEGIN and no COMMIT.
+    """
+
+    _shared: SharedCache  # set on the subclass each SharedCache makes
+    _cstate: _State | None = None  # made by the first statement
+
+    def _state(self) -> _State:
+        state = self._cstate
+        if state is None:
+            state = self._cstate = _State()
+            if not self._shared.snapshot_safe(self):
+                state.off = "this isolation level keeps one snapshot for the whole transaction"
+        return state
+
+    # -- reads -------------------------------------------------------------
+
+    def _through(self, kind: str, sql: str, run):
+        """Serve *sql* from the cache if an entry is current, else run it and maybe store it."""
+        self.assertActive()
+        state = self._state()
+        what, tables = classify_sql(sql)
+        if what is not READ:
+            if what is WRITE:
+                state.written.update(tables)
+            elif what is not NEUTRAL:
+                _debug("not a plain SELECT of known tables", sql)
+            return run(sql)
+        if state.off:
+            _debug(state.off, sql)
+            return run(sql)
+        cache = self._shared
+        tables = tables + (ALL_TABLES,)
+        if state.written and (ALL_TABLES in state.written or not state.written.isdisjoint(tables)):
+            _debug("this transaction wrote one of its tables", sql)
+            return run(sql)
+        if cache.excluded(tables):
+            _debug("a table is excluded from the cache", sql)
+            return run(sql)
+        tokens = state.tokens
+        missing = [t for t in tables if t not in tokens]
+        if missing:
+            try:
+                values, pending = cache.store.read(missing)
+            except StoreUnavailable as e:
+                state.off = str(e)
+                log.warning("%s; reading from the database", e)
+                return run(sql)
+            tokens.update(zip(missing, values))
+            if pending:
+                state.pending.update(missing)
+        tags = tuple(tokens[t] for t in tables)
+        key = (kind, sql)
+        entry = cache._get(key)
+        if entry is not None and entry[1] == tags:
+            counts["cache_hits"] += 1
+            return entry[2]
+        counts["cache_misses"] += 1
+        value = run(sql)
+        if not state.pending.isdisjoint(tables):
+            _debug("a write to one of its tables is pending", sql)
+            return value
+        rows = (value,) if kind == "one" else value
+        if len(rows) > cache.max_rows:
+            _debug(f"more than {cache.max_rows} rows", sql)
+            return value
+        frozen = _frozen(rows)
+        if frozen is None:
+            _debug("a value could be changed in place", sql)
+            return value
+        cache._put(key, tables, tags, frozen[0] if kind == "one" else frozen)
+        return value
+
+    def queryOne(self, s):
+        return self._through("one", s, super().queryOne)
+
+    def queryAll(self, s):
+        return self._through("all", s, super().queryAll)
+
+    def query(self, s):
+        self.assertActive()
+        what, tables = classify_sql(s)
+        if what is WRITE:
+            self._state().written.update(tables)
+        return ScopeTransaction.query(self, s)
+
+    def queryInsertID(self, soInstance, id, names, values):
+        self._state().written.add(_table_of(soInstance))
+        return ScopeTransaction.queryInsertID(self, soInstance, id, names, values)
+
+    def iterSelect(self, select):
+        # The rows SQLObject's Iteration would fetch one by one, fetched at once.
+        sql = self._dbConnection.queryForSelect(select)
+        return iter(self._instances(select, self._through("select", sql, super().queryAll)))
+
+    def _instances(self, select, rows):
+        """Instances for *rows*, built as SQLObject's ``Iteration`` builds them."""
+        cls = select.sourceClass
+        lazy = select.ops.get("lazyColumns", 0)
+        postponed = _POSTPONED.__dict__ if _POSTPONED is not None else None
+        own = postponed is not None and "postponed_calls" not in postponed
+        if own:
+            calls = postponed["postponed_calls"] = []
+        try:
+            out = []
+            for row in rows:
+                if row[0] is None:
+                    out.append(None)
+                elif lazy:
+                    out.append(cls.get(row[0], connection=self))
+                else:
+                    out.append(cls.get(row[0], selectResults=row[1:], connection=self))
+            return out
+        finally:
+            if own:
+                try:
+                    for call in calls:
+                        call()
+                finally:
+                    postponed.pop("postponed_calls", None)
+
+    # -- writes --------------------------------------------------------------
+
+    def commit(self, close=False):
+        state = self._cstate
+        if state is None or not state.written or self._raw is None or self._obsolete:
+            return ScopeTransaction.commit(self, close)
+        store = self._shared.store
+        tables = tuple(sorted(state.written))
+        state.writer = _writer_id()
+        try:
+            store.begin_write(tables, state.writer)
+        except StoreUnavailable as e:
+            raise CacheUnavailable(f"{e}; the write was rolled back, as other processes could not "
+                                   "be told to drop what they cached") from None
+        state.leased = tables
+        ScopeTransaction.commit(self, close)  # on failure the caller rolls back, which ends the lease
+        state.leased = None
+        try:
+            store.end_write(tables, state.writer)
+        except StoreUnavailable as e:
+            raise InvalidationFailed(f"the write was committed, but {e}: other processes keep "
+                                     "reading it from the database until the store is back") from None
+        counts["cache_invalidations"] += len(tables)
+
+    def rollback(self):
+        ScopeTransaction.rollback(self)
+        state = self._cstate
+        if state is not None and state.leased:
+            tables, state.leased = state.leased, None
+            try:
+                self._shared.store.end_write(tables, state.writer)
+            except StoreUnavailable:
+                pass  # the lease runs out by itself; the tokens were replaced before COMMIT
