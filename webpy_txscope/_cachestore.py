@@ -22,6 +22,7 @@ COMMIT and its second replacement.
 from __future__ import annotations
 
 import fcntl
+import logging
 import mmap
 import os
 import struct
@@ -31,6 +32,8 @@ import time
 import zlib
 
 from ._errors import ConfigurationError
+
+log = logging.getLogger("webpy_txscope")
 
 #: Every read also reads this pseudo-table: a write whose tables are unknown
 #: (DDL, a statement that could not be parsed) replaces its token.
@@ -248,6 +251,22 @@ class RedisStore:
             raise ConfigurationError(f"cache={_masked(url)!r} is not a Redis URL: {e}") from None
         self._read = self._client.register_script(_READ)
         self._write = self._client.register_script(_WRITE)
+        # After a failure, reads skip the store for a second instead of each
+        # waiting for a timeout (they go to the database meanwhile); writes
+        # always try, as they must not pretend to have invalidated.
+        self._retry_at = 0.0
+
+    def _down(self, error: Exception) -> StoreUnavailable:
+        if not self._retry_at:
+            log.warning("cache store %s is unreachable (%s); reads go to the database, writes fail",
+                        _masked(self.url), type(error).__name__)
+        self._retry_at = time.monotonic() + 1.0
+        return StoreUnavailable(f"the cache store {_masked(self.url)} is unreachable: {type(error).__name__}")
+
+    def _up(self) -> None:
+        if self._retry_at:
+            self._retry_at = 0.0
+            log.warning("cache store %s is reachable again", _masked(self.url))
 
     def __repr__(self) -> str:
         return f"RedisStore({_masked(self.url)!r})"
@@ -257,11 +276,15 @@ class RedisStore:
         return [f"{p}:t:{table}" for table in tables] + [f"{p}:p:{table}" for table in tables]
 
     def read(self, tables) -> tuple[tuple[bytes, ...], bool]:
+        if self._retry_at and time.monotonic() < self._retry_at:
+            raise StoreUnavailable(f"the cache store {_masked(self.url)} is unreachable")
         keys = self._keys(tables) + [f"{self.prefix}:epoch", f"{self.prefix}:warm"]
         try:
             out = self._read(keys, [len(tables), self.lease_ms, os.urandom(16).hex()])
         except self._errors as e:
-            raise StoreUnavailable(f"the cache store {_masked(self.url)} is unreachable: {type(e).__name__}") from None
+            raise self._down(e) from None
+        if self._retry_at:
+            self._up()
         return tuple(out[:-1]), bool(out[-1])
 
     def begin_write(self, tables, writer: int) -> None:
@@ -275,7 +298,9 @@ class RedisStore:
         try:
             self._write(self._keys(tables), [len(tables), self.lease_ms, writer, os.urandom(16).hex(), begin])
         except self._errors as e:
-            raise StoreUnavailable(f"the cache store {_masked(self.url)} is unreachable: {type(e).__name__}") from None
+            raise self._down(e) from None
+        if self._retry_at:
+            self._up()
 
     def close(self) -> None:
         self._client.close()

@@ -302,8 +302,8 @@ class CachedTransaction(ScopeTransaction):
             try:
                 values, pending = cache.store.read(missing)
             except StoreUnavailable as e:
-                state.off = str(e)
-                log.warning("%s; reading from the database", e)
+                state.off = str(e)  # logged once per outage by the store
+                _debug(state.off, sql)
                 return run(sql)
             tokens.update(zip(missing, values))
             if pending:
