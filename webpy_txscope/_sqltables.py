@@ -18,6 +18,7 @@ READ = "read"  # a plain SELECT of the listed tables: cacheable
 UNCACHEABLE = "uncacheable"  # reads, but not something an entry may stand for
 WRITE = "write"  # changes the listed tables (ALL_TABLES: any table)
 NEUTRAL = "neutral"  # changes no data: SAVEPOINT, SHOW
+BEGIN = "begin"  # starts a transaction explicitly: one snapshot from here on (SQLite)
 
 _WORD = re.compile(r"\s*([A-Za-z_]+)")
 _IDENT = r'(?:"(?:[^"]|"")+"|`[^`]+`|[A-Za-z_][A-Za-z_0-9$]*)'
@@ -70,6 +71,8 @@ def classify_sql(sql: str) -> tuple[str, tuple[str, ...]]:
     ('uncacheable', ())
     >>> classify_sql("CREATE TABLE t (id INT)")
     ('write', ('*',))
+    >>> classify_sql("BEGIN")
+    ('begin', ())
     """
     known = _memo.get(sql)
     if known is None:
@@ -101,6 +104,8 @@ def _classify(sql: str) -> tuple[str, tuple[str, ...]]:
         return READ, tables
     if verb in _NEUTRAL:
         return NEUTRAL, ()
+    if verb == "BEGIN" or (verb == "START" and re.match(r"\s*START\s+TRANSACTION\b", text, re.I)):
+        return BEGIN, ()
     if verb == "ROLLBACK" and re.match(r"\s*ROLLBACK\s+TO\b", text, re.I):
         return NEUTRAL, ()
     table = _written_table(verb, text[first.end():] if first else "")

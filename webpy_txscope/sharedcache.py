@@ -40,15 +40,16 @@ from collections import OrderedDict
 
 from sqlobject import classregistry
 
+from . import _driver, _metrics
 from ._cachestore import ALL_TABLES, StoreUnavailable, open_store
 from ._errors import ConfigurationError
-from ._sqltables import NEUTRAL, READ, WRITE, classify_sql
-from ._tx import _POSTPONED, ScopeTransaction
+from ._sqltables import BEGIN, NEUTRAL, READ, WRITE, classify_sql
+from ._tx import ScopeTransaction
 
 log = logging.getLogger("webpy_txscope")
 
-#: Counters, per process, merged into :func:`webpy_txscope.stats`.
-counts = {"cache_hits": 0, "cache_misses": 0, "cache_bypasses": 0, "cache_invalidations": 0}
+#: The process's counters, reported by :func:`webpy_txscope.stats`.
+counts = _metrics._counts
 
 # Values that no caller can change in place: an entry shares them between requests.
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), decimal.Decimal, datetime.date, datetime.time,
@@ -150,6 +151,11 @@ class SharedCache:
         self.store.begin_write(names, writer)
         self.store.end_write(names, writer)
         counts["cache_invalidations"] += len(names)
+
+
+def attach(cache: "str | SharedCache") -> SharedCache:
+    """The cache of one ScopeManager: its own entries, the store its setting names."""
+    return cache if isinstance(cache, SharedCache) else SharedCache(cache)
 
 
 def invalidate(*tables, cache: "str | SharedCache" = "local") -> None:
@@ -280,10 +286,7 @@ class CachedTransaction(ScopeTransaction):
         state = self._state()
         what, tables = classify_sql(sql)
         if what is not READ:
-            if what is WRITE:
-                state.written.update(tables)
-            elif what is not NEUTRAL:
-                _debug("not a plain SELECT of known tables", sql)
+            self._note(state, what, tables, sql)
             return run(sql)
         if state.off:
             _debug(state.off, sql)
@@ -339,9 +342,24 @@ class CachedTransaction(ScopeTransaction):
     def query(self, s):
         self.assertActive()
         what, tables = classify_sql(s)
-        if what is WRITE:
-            self._state().written.update(tables)
+        if what is not READ:
+            self._note(self._state(), what, tables, s)
         return ScopeTransaction.query(self, s)
+
+    @staticmethod
+    def _note(state: _State, what: str, tables, sql: str) -> None:
+        """Remember what a statement that is not a cacheable read means for the rest of the transaction."""
+        if what is WRITE:
+            state.written.update(tables)
+        elif what is BEGIN:
+            # An explicit BEGIN (SQLite, before a SAVEPOINT) holds one snapshot from here on.
+            state.off = "the transaction holds one snapshot since an explicit BEGIN"
+        elif what is not NEUTRAL:
+            _debug("not a plain SELECT of known tables", sql)
+
+    def bypass_cache(self, reason: str) -> None:
+        """Read everything of this transaction from the database; its writes still invalidate."""
+        self._state().off = reason
 
     def queryInsertID(self, soInstance, id, names, values):
         self._state().written.add(_table_of(soInstance))
@@ -356,7 +374,7 @@ class CachedTransaction(ScopeTransaction):
         """Instances for *rows*, built as SQLObject's ``Iteration`` builds them."""
         cls = select.sourceClass
         lazy = select.ops.get("lazyColumns", 0)
-        postponed = _POSTPONED.__dict__ if _POSTPONED is not None else None
+        postponed = _driver.POSTPONED.__dict__ if _driver.POSTPONED is not None else None
         own = postponed is not None and "postponed_calls" not in postponed
         if own:
             calls = postponed["postponed_calls"] = []
