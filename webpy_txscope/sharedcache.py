@@ -89,7 +89,6 @@ class SharedCache:
         self.max_entries = max_entries
         self.max_rows = max_rows
         self._exclude = frozenset(_table_of(item) for item in exclude)
-        self._opted_out: frozenset = frozenset()
         self._entries: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._safe: dict = {}
@@ -129,10 +128,10 @@ class SharedCache:
 
     def excluded(self, tables) -> bool:
         """True if one of *tables* is never cached (an option or a model's sqlmeta)."""
-        if not self._exclude and not self._opted_out and not _models_changed():
+        opted_out = _opted_out_tables()
+        if not self._exclude and not opted_out:
             return False
-        self._opted_out = _opted_out_tables()
-        return any(table in self._exclude or table in self._opted_out for table in tables)
+        return any(table in self._exclude or table in opted_out for table in tables)
 
     def snapshot_safe(self, tx: ScopeTransaction) -> bool:
         """True if every statement of *tx* reads a fresh snapshot, so tokens read first tag it truly."""
@@ -185,23 +184,19 @@ def _table_of(item) -> str:
     return name.split(".")[-1].strip('"`').lower()
 
 
-_model_count = -1
-
-
-def _models_changed() -> bool:
-    return _model_count != sum(len(r.classes) for r in classregistry.MasterRegistry.registries.values())
+_opted_out: tuple[int, frozenset] = (-1, frozenset())  # (how many models there were, their tables)
 
 
 def _opted_out_tables() -> frozenset:
-    global _model_count
-    tables, total = set(), 0
-    for registry in list(classregistry.MasterRegistry.registries.values()):
-        for cls in registry.allClasses():
-            total += 1
-            if getattr(cls.sqlmeta, "txscope_cache", True) is False:
-                tables.add(_table_of(cls))
-    _model_count = total
-    return frozenset(tables)
+    """Tables of the models whose sqlmeta says ``txscope_cache = False``; looked for again when models are added."""
+    global _opted_out
+    registries = list(classregistry.MasterRegistry.registries.values())
+    total = sum(len(registry.classes) for registry in registries)
+    if total != _opted_out[0]:
+        tables = {_table_of(cls) for registry in registries for cls in registry.allClasses()
+                  if getattr(cls.sqlmeta, "txscope_cache", True) is False}
+        _opted_out = (total, frozenset(tables))
+    return _opted_out[1]
 
 
 def _fresh_snapshots(tx: ScopeTransaction) -> bool:
@@ -221,6 +216,15 @@ def _fresh_snapshots(tx: ScopeTransaction) -> bool:
         level = db.queryOne("SHOW default_transaction_isolation")[0]
         return str(level).lower() == "read committed"
     return False  # MySQL and MariaDB: REPEATABLE READ unless chosen otherwise
+
+
+def _attempt(change, tables, writer: int) -> str:
+    """Run a store change; return why it failed, or "" if it did not."""
+    try:
+        change(tables, writer)
+    except StoreUnavailable as e:
+        return str(e)
+    return ""
 
 
 def _writer_id() -> int:
@@ -405,19 +409,20 @@ class CachedTransaction(ScopeTransaction):
         store = self._shared.store
         tables = tuple(sorted(state.written))
         state.writer = _writer_id()
-        try:
-            store.begin_write(tables, state.writer)
-        except StoreUnavailable as e:
-            raise CacheUnavailable(f"{e}; the write was rolled back, as other processes could not "
-                                   "be told to drop what they cached") from None
+        # The errors are raised outside the except blocks, so that they chain
+        # nothing: the scope must not mistake Redis's "connection refused"
+        # for the database's (503 "the database is unavailable").
+        problem = _attempt(store.begin_write, tables, state.writer)
+        if problem:
+            raise CacheUnavailable(f"{problem}; the write was rolled back, as other processes could not "
+                                   "be told to drop what they cached")
         state.leased = tables
         ScopeTransaction.commit(self, close)  # on failure the caller rolls back, which ends the lease
         state.leased = None
-        try:
-            store.end_write(tables, state.writer)
-        except StoreUnavailable as e:
-            raise InvalidationFailed(f"the write was committed, but {e}: other processes keep "
-                                     "reading it from the database until the store is back") from None
+        problem = _attempt(store.end_write, tables, state.writer)
+        if problem:
+            raise InvalidationFailed(f"the write was committed, but {problem}: other processes read "
+                                     "its tables from the database until the store is back")
         counts["cache_invalidations"] += len(tables)
 
     def rollback(self):
