@@ -170,13 +170,13 @@ def test_a_reader_whose_snapshot_predates_a_commit_stores_nothing_later_readers_
     queried, go = threading.Event(), threading.Event()
 
     class Paused(cache.transaction_class):
-        def queryOne(self, s):
-            def run(sql):
-                row = ScopeTransaction.queryOne(self, sql)
+        def _cached(self, state, kind, key, tables, sql, run):
+            def paused(statement):
+                row = run(statement)
                 queried.set()  # the old row is read; now let a writer commit before it is stored
                 assert go.wait(10)
                 return row
-            return self._through("one", s, run)
+            return super()._cached(state, kind, key, tables, sql, paused)
 
     seen = []
     reader = threading.Thread(target=lambda: seen.append(

@@ -38,7 +38,7 @@ import threading
 import uuid
 from collections import OrderedDict
 
-from sqlobject import classregistry
+from sqlobject import classregistry, sqlbuilder
 
 from . import _driver, _metrics
 from ._cachestore import ALL_TABLES, StoreUnavailable, open_store
@@ -231,9 +231,12 @@ def _writer_id() -> int:
     return random.getrandbits(62) + 1  # never 0: an empty lease cell
 
 
-def _debug(reason: str, sql: str) -> None:
+def _debug(reason: str, sql) -> None:
+    """Count a bypass; at DEBUG, say why (*sql*: a statement, or the key of a Model.get)."""
     counts["cache_bypasses"] += 1
     if log.isEnabledFor(logging.DEBUG):
+        if not isinstance(sql, str):
+            sql = f"{sql[1]}.get({sql[4]!r})"
         log.debug("cache bypassed (%s): %s", reason, sql if len(sql) <= 200 else sql[:200] + "...")
 
 
@@ -292,11 +295,29 @@ class CachedTransaction(ScopeTransaction):
         if what is not READ:
             self._note(state, what, tables, sql)
             return run(sql)
+        return self._cached(state, kind, (kind, sql), tables + (ALL_TABLES,), sql, run)
+
+    def _SO_selectOne(self, so, columnNames):
+        # Model.get of a row this transaction has not loaded: keyed by table, columns and id,
+        # so that a hit costs no SQL generation.  SQLObject's own method builds the same
+        # SELECT from exactly these (DBAPI._SO_selectOne), so the key stands for the SQL text.
+        self.assertActive()
+        state = self._state()
+        table = so.sqlmeta.table
+        key = ("get", table, tuple(columnNames), type(so.id), so.id)
+
+        def run(_):
+            columns = [sqlbuilder.SQLConstant(x) if isinstance(x, str) else x for x in columnNames] or None
+            sql = self.sqlrepr(sqlbuilder.Select(columns, staticTables=[table], clause=so.q.id == so.id))
+            return ScopeTransaction.queryOne(self, sql)
+
+        return self._cached(state, "one", key, (_table_of(so), ALL_TABLES), key, run)
+
+    def _cached(self, state: _State, kind: str, key, tables, sql, run):
         if state.off:
             _debug(state.off, sql)
             return run(sql)
         cache = self._shared
-        tables = tables + (ALL_TABLES,)
         if state.written and (ALL_TABLES in state.written or not state.written.isdisjoint(tables)):
             _debug("this transaction wrote one of its tables", sql)
             return run(sql)
@@ -316,7 +337,6 @@ class CachedTransaction(ScopeTransaction):
             if pending:
                 state.pending.update(missing)
         tags = tuple(tokens[t] for t in tables)
-        key = (kind, sql)
         entry = cache._get(key)
         if entry is not None and entry[1] == tags:
             counts["cache_hits"] += 1
