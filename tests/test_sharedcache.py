@@ -393,7 +393,7 @@ def test_a_store_lost_after_commit_is_reported_and_leaves_the_old_entries_stale(
         t.commit(close=True)
     assert backend.fullname(1) == "new"
     assert fullname(others, scope, backend) == "new"
-    assert others.store.read(("users",))[1] is True, "the lease must hold until it runs out"
+    assert others.store.read(("users#1",))[1] is True, "the lease must hold until it runs out"
 
 
 def test_a_replaced_local_file_is_reopened_by_every_process(scope, backend, tmp_path):
@@ -463,3 +463,52 @@ def test_rows_holding_values_a_caller_could_change_in_place_are_not_cached():
     assert sharedcache._frozen([(1, [2, 3])]) is None
     assert sharedcache._frozen([(1, {"a": 1})]) is None
     assert sharedcache._frozen([[1, "a", None], None]) == ((1, "a", None), None)
+
+
+def test_an_update_by_id_keeps_the_other_rows_entries_and_makes_selects_stale(scope, backend, spec, counts):
+    cache = make_cache(spec)
+    t = tx(cache, scope, backend)
+    assert User.select(connection=t).count() == 3
+    assert User.get(2, connection=t).fullname == "Full 2"
+    t.commit(close=True)
+    rename(cache, scope, backend, "new", user_id=1)
+    before = counts()["cache_hits"]
+    assert fullname(cache, scope, backend, 2) == "Full 2"
+    assert counts()["cache_hits"] == before + 1, "an update of row 1 made row 2's entry stale"
+    t = tx(cache, scope, backend)
+    assert sorted(u.fullname for u in User.select(connection=t)) == ["Full 2", "Full 3", "new"]
+    t.commit(close=True)
+    assert fullname(cache, scope, backend, 1) == "new"
+
+
+def test_an_insert_makes_a_cached_missing_row_and_the_counts_stale(scope, backend, spec):
+    cache = make_cache(spec)
+    t = tx(cache, scope, backend)
+    assert User.select(connection=t).count() == 3
+    assert list(User.select(User.q.id == 4, connection=t)) == []
+    with pytest.raises(Exception, match="4"):
+        User.get(4, connection=t)
+    t.commit(close=True)
+    t = tx(cache, scope, backend)
+    User(id=4, name="user4", fullname="Full 4", password="x", connection=t)
+    t.commit(close=True)
+    t = tx(cache, scope, backend)
+    assert User.select(connection=t).count() == 4
+    assert User.get(4, connection=t).fullname == "Full 4"
+    t.commit(close=True)
+
+
+def test_a_delete_by_id_makes_its_row_and_the_selects_stale(scope, backend, spec):
+    cache = make_cache(spec)
+    assert fullname(cache, scope, backend, 3) == "Full 3"
+    t = tx(cache, scope, backend)
+    assert User.select(connection=t).count() == 3
+    t.commit(close=True)
+    t = tx(cache, scope, backend)
+    User.get(3, connection=t).destroySelf()
+    t.commit(close=True)
+    t = tx(cache, scope, backend)
+    assert User.select(connection=t).count() == 2
+    with pytest.raises(Exception, match="3"):
+        User.get(3, connection=t)
+    t.commit(close=True)

@@ -176,6 +176,27 @@ def invalidate(*tables, cache: "str | SharedCache" = "local") -> None:
     counts["cache_invalidations"] += len(names)
 
 
+def _select_tokens(tables) -> tuple[str, ...]:
+    """The tokens an entry of a statement reading *tables* is tagged with (memoized).
+
+    >>> _select_tokens(("users",))
+    ('users', 'users#select', '*')
+    """
+    known = _select_memo.get(tables)
+    if known is None:
+        known = _select_memo[tables] = tuple(
+            name for table in tables for name in (table, f"{table}#select")) + (ALL_TABLES,)
+    return known
+
+
+_select_memo: dict = {}
+
+
+def _row_token(table: str, row_id) -> str:
+    """The token of one row, which its Model.get entry is tagged with (with its table's)."""
+    return f"{table}#{row_id}"
+
+
 def _table_of(item) -> str:
     sqlmeta = getattr(item, "sqlmeta", None)
     name = sqlmeta.table if sqlmeta is not None else item
@@ -254,12 +275,14 @@ def _frozen(rows):
 class _State:
     """What one transaction knows about the cache."""
 
-    __slots__ = ("tokens", "pending", "written", "off", "leased", "writer")
+    __slots__ = ("tokens", "pending", "written", "bump", "by_row", "off", "leased", "writer")
 
     def __init__(self):
         self.tokens: dict = {}
         self.pending: set = set()
-        self.written: set = set()
+        self.written: set = set()  # tables this transaction wrote: read from the database from now on
+        self.bump: set = set()  # tokens its commit replaces
+        self.by_row = False  # while SQLObject updates or deletes one row by its id
         self.off = ""  # why this whole transaction bypasses the cache, if it does
         self.leased = None  # tables whose pending marker this transaction holds
         self.writer = 0
@@ -295,7 +318,7 @@ class CachedTransaction(ScopeTransaction):
         if what is not READ:
             self._note(state, what, tables, sql)
             return run(sql)
-        return self._cached(state, kind, (kind, sql), tables + (ALL_TABLES,), sql, run)
+        return self._cached(state, kind, (kind, sql), _select_tokens(tables), sql, run)
 
     def _SO_selectOne(self, so, columnNames):
         # Model.get of a row this transaction has not loaded: keyed by table, columns and id,
@@ -311,7 +334,8 @@ class CachedTransaction(ScopeTransaction):
             sql = self.sqlrepr(sqlbuilder.Select(columns, staticTables=[table], clause=so.q.id == so.id))
             return ScopeTransaction.queryOne(self, sql)
 
-        return self._cached(state, "one", key, (_table_of(so), ALL_TABLES), key, run)
+        table = _table_of(so)
+        return self._cached(state, "one", key, (table, _row_token(table, so.id), ALL_TABLES), key, run)
 
     def _cached(self, state: _State, kind: str, key, tables, sql, run):
         if state.off:
@@ -375,6 +399,8 @@ class CachedTransaction(ScopeTransaction):
         """Remember what a statement that is not a cacheable read means for the rest of the transaction."""
         if what is WRITE:
             state.written.update(tables)
+            if not state.by_row:
+                state.bump.update(tables)  # a table's own token: every entry of the table
         elif what is BEGIN:
             # An explicit BEGIN (SQLite, before a SAVEPOINT) holds one snapshot from here on.
             state.off = "the transaction holds one snapshot since an explicit BEGIN"
@@ -385,9 +411,35 @@ class CachedTransaction(ScopeTransaction):
         """Read everything of this transaction from the database; its writes still invalidate."""
         self._state().off = reason
 
+    # SQLObject's writes of one row by its id replace that row's token and the
+    # table's selects' token, not the table's: the other rows' Model.get entries stay.
+
     def queryInsertID(self, soInstance, id, names, values):
-        self._state().written.add(_table_of(soInstance))
-        return ScopeTransaction.queryInsertID(self, soInstance, id, names, values)
+        state = self._state()
+        table = _table_of(soInstance)
+        state.written.add(table)
+        state.bump.add(f"{table}#select")
+        if id is not None:
+            state.bump.add(_row_token(table, id))  # a get of this id may have cached "no such row"
+        new_id = ScopeTransaction.queryInsertID(self, soInstance, id, names, values)
+        state.bump.add(_row_token(table, new_id))
+        return new_id
+
+    def _SO_update(self, so, values):
+        self._by_row(so, type(self._dbConnection)._SO_update, values)
+
+    def _SO_delete(self, so):
+        self._by_row(so, type(self._dbConnection)._SO_delete)
+
+    def _by_row(self, so, write, *args) -> None:
+        state = self._state()
+        table = _table_of(so)
+        state.bump.update((_row_token(table, so.id), f"{table}#select"))
+        state.by_row = True
+        try:
+            write(self, so, *args)  # its UPDATE/DELETE ... WHERE id = (n) marks the table written
+        finally:
+            state.by_row = False
 
     def iterSelect(self, select):
         # The rows SQLObject's Iteration would fetch one by one, fetched at once.
@@ -424,10 +476,10 @@ class CachedTransaction(ScopeTransaction):
 
     def commit(self, close=False):
         state = self._cstate
-        if state is None or not state.written or self._raw is None or self._obsolete:
+        if state is None or not state.bump or self._raw is None or self._obsolete:
             return ScopeTransaction.commit(self, close)
         store = self._shared.store
-        tables = tuple(sorted(state.written))
+        tables = tuple(sorted(state.bump))
         state.writer = _writer_id()
         # The errors are raised outside the except blocks, so that they chain
         # nothing: the scope must not mistake Redis's "connection refused"
