@@ -10,6 +10,7 @@ killed with SIGKILL in its own process.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -17,7 +18,7 @@ import threading
 
 import pytest
 import redis
-from sqlobject import sqlhub
+from sqlobject import SQLObjectNotFound, sqlhub
 from e2e_support import TcpProxy
 
 from models import User
@@ -468,9 +469,9 @@ def test_rows_holding_values_a_caller_could_change_in_place_are_not_cached():
 def test_an_update_by_id_keeps_the_other_rows_entries_and_makes_selects_stale(scope, backend, spec, counts):
     cache = make_cache(spec)
     t = tx(cache, scope, backend)
-    assert User.select(connection=t).count() == 3
-    assert User.get(2, connection=t).fullname == "Full 2"
+    assert sorted(u.fullname for u in User.select(connection=t)) == ["Full 1", "Full 2", "Full 3"]
     t.commit(close=True)
+    assert fullname(cache, scope, backend, 2) == "Full 2"  # its own transaction: the select's instances are not asked
     rename(cache, scope, backend, "new", user_id=1)
     before = counts()["cache_hits"]
     assert fullname(cache, scope, backend, 2) == "Full 2"
@@ -483,18 +484,28 @@ def test_an_update_by_id_keeps_the_other_rows_entries_and_makes_selects_stale(sc
 
 def test_an_insert_makes_a_cached_missing_row_and_the_counts_stale(scope, backend, spec):
     cache = make_cache(spec)
+    with in_tx(cache, scope, backend) as t:
+        assert User.select(connection=t).count() == 3
+        for missing in range(4, 9):  # the id the database will choose is among them
+            with pytest.raises(SQLObjectNotFound):
+                User.get(missing, connection=t)
+    with in_tx(cache, scope, backend) as t:
+        new = User(name="user4", fullname="Full 4", password="x", connection=t).id
+    assert 4 <= new < 9
+    with in_tx(cache, scope, backend) as t:
+        assert User.select(connection=t).count() == 4
+        assert User.get(new, connection=t).fullname == "Full 4"
+
+
+@contextlib.contextmanager
+def in_tx(cache, scope, backend):
+    """A cached transaction that commits if the block succeeds and rolls back if it fails."""
     t = tx(cache, scope, backend)
-    assert User.select(connection=t).count() == 3
-    assert list(User.select(User.q.id == 4, connection=t)) == []
-    with pytest.raises(Exception, match="4"):
-        User.get(4, connection=t)
-    t.commit(close=True)
-    t = tx(cache, scope, backend)
-    User(id=4, name="user4", fullname="Full 4", password="x", connection=t)
-    t.commit(close=True)
-    t = tx(cache, scope, backend)
-    assert User.select(connection=t).count() == 4
-    assert User.get(4, connection=t).fullname == "Full 4"
+    try:
+        yield t
+    except BaseException:
+        t.rollback()
+        raise
     t.commit(close=True)
 
 
