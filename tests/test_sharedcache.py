@@ -523,3 +523,13 @@ def test_a_delete_by_id_makes_its_row_and_the_selects_stale(scope, backend, spec
     with pytest.raises(Exception, match="3"):
         User.get(3, connection=t)
     t.commit(close=True)
+
+
+def test_redis_keeps_no_key_forever(scope, backend, redis_db):
+    # One token per row read by id: over 20,000 distinct rows they must expire (a lost token only
+    # makes its entries stale), and leases expire with their lease.
+    cache = make_cache(REDIS_URL)
+    fullname(cache, scope, backend)
+    rename(cache, scope, backend, "new")
+    keys = [key for key in redis_db.keys("txscope:*") if key != b"txscope:epoch"]
+    assert keys and all(redis_db.ttl(key) > 0 for key in keys), {k: redis_db.ttl(k) for k in keys}

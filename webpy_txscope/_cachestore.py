@@ -187,9 +187,13 @@ class LocalStore:
                 self._fd = -1
 
 
+#: Seconds a token key lives in Redis: one per row read by id, so they must not
+#: pile up.  An expired token only makes the entries tagged with it stale.
+TOKEN_TTL = 86_400
+
 # KEYS: the token keys, then the lease keys, then the epoch and warm-up keys.
 # ARGV: how many tables, the lease in ms, a random token for keys that are missing.
-_READ = """
+_READ = f"""
 local n = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -199,12 +203,12 @@ if redis.call('EXISTS', KEYS[2 * n + 1]) == 0 then
   redis.call('SET', KEYS[2 * n + 2], '1', 'PX', ARGV[2])
 end
 if redis.call('EXISTS', KEYS[2 * n + 2]) == 1 then pending = 1 end
-local out = {}
+local out = {{}}
 for i = 1, n do
   local token = redis.call('GET', KEYS[i])
   if not token then
     token = ARGV[3] .. ':' .. i
-    redis.call('SET', KEYS[i], token)
+    redis.call('SET', KEYS[i], token, 'EX', {TOKEN_TTL})
   end
   out[i] = token
   if redis.call('ZCOUNT', KEYS[n + i], now, '+inf') > 0 then pending = 1 end
@@ -215,13 +219,13 @@ return out
 
 # KEYS: the token keys, then the lease keys.  ARGV: how many tables, the lease
 # in ms, the writer, a new random token, 1 to begin (lease) or 0 to end.
-_WRITE = """
+_WRITE = f"""
 local n = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[2])
 for i = 1, n do
-  redis.call('SET', KEYS[i], ARGV[4] .. ':' .. i)
+  redis.call('SET', KEYS[i], ARGV[4] .. ':' .. i, 'EX', {TOKEN_TTL})
   if ARGV[5] == '1' then
     redis.call('ZADD', KEYS[n + i], now + lease, ARGV[3])
     redis.call('PEXPIRE', KEYS[n + i], 2 * lease)
