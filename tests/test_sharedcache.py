@@ -295,8 +295,8 @@ def test_a_failed_commit_leaves_no_entry_and_no_lease(scope, backend, spec, make
 
 
 @pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
-def test_a_snapshot_isolation_scope_never_stores_what_its_old_snapshot_read(server_scope, server_backend, tmp_path,
-                                                                           level):
+def test_a_snapshot_isolation_scope_never_stores_what_its_old_snapshot_read(
+        server_scope, server_backend, tmp_path, level):
     scope, backend = server_scope, server_backend
     cache = make_cache(f"local:{tmp_path / 'tokens'}")
     old = tx(cache, scope, backend, begin=(f"SET TRANSACTION ISOLATION LEVEL {level}",))

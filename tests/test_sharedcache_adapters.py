@@ -57,7 +57,8 @@ def test_a_repeated_page_is_served_from_the_cache_and_a_write_elsewhere_is_seen_
     assert delta("cache_invalidations") == 2  # the row's token and the table's selects' token
 
 
-def test_a_write_the_store_cannot_mark_is_rolled_back_and_answers_500(scope, backend, redis_db, caplog):
+@pytest.mark.usefixtures("redis_db")
+def test_a_write_the_store_cannot_mark_is_rolled_back_and_answers_500(scope, backend, caplog):
     proxy = TcpProxy(6379)
     proxy.open()
     try:
@@ -72,7 +73,8 @@ def test_a_write_the_store_cannot_mark_is_rolled_back_and_answers_500(scope, bac
     assert "the write was rolled back" in caplog.text
 
 
-def test_a_commit_whose_invalidation_failed_answers_500_not_the_success(scope, backend, redis_db, caplog):
+@pytest.mark.usefixtures("redis_db")
+def test_a_commit_whose_invalidation_failed_answers_500_not_the_success(scope, backend, caplog):
     other = user_app(cached_scope(backend, REDIS_URL))  # another process, whose Redis stays reachable
     assert other.request("/user/1").data == b"Full 1"
     proxy = TcpProxy(6379)

@@ -61,10 +61,7 @@ class LocalStore:
         self.path = path
         self.lease_ns = int(lease * 1e9)
         self._lock = threading.Lock()
-        self._fd = -1
-        self._map = None
-        self._ino = None
-        self._open()
+        self._fd, self._map, self._ino = self._open()
         os.register_at_fork(after_in_child=self._after_fork)
 
     def __repr__(self) -> str:
@@ -73,7 +70,8 @@ class LocalStore:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()  # it may have been held by another thread at fork
 
-    def _open(self) -> None:
+    def _open(self) -> tuple[int, mmap.mmap, tuple[int, int]]:
+        """Map the file, making and filling it first if it is new."""
         size = self._HEADER.size + self.SLOTS * self._SLOT
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -96,10 +94,7 @@ class LocalStore:
         except BaseException:
             os.close(fd)
             raise
-        if self._fd >= 0:
-            self._map.close()
-            os.close(self._fd)
-        self._fd, self._map, self._ino = fd, mapped, (st.st_dev, st.st_ino)
+        return fd, mapped, (st.st_dev, st.st_ino)
 
     def _checked(self) -> None:
         """Reopen the file if it was removed or replaced: a stale mapping would see no writes."""
@@ -109,7 +104,10 @@ class LocalStore:
         except FileNotFoundError:
             same = False
         if not same:
-            self._open()
+            old_fd, old_map = self._fd, self._map
+            self._fd, self._map, self._ino = self._open()
+            old_map.close()
+            os.close(old_fd)
 
     def _slot(self, table: str) -> int:
         return self._HEADER.size + (zlib.crc32(table.encode()) % self.SLOTS) * self._SLOT
@@ -165,7 +163,7 @@ class LocalStore:
                 fcntl.lockf(fd, fcntl.LOCK_UN)
 
     def _lease(self, m, cells, writer: int, now: int, until: int) -> None:
-        longest = None
+        longest: tuple[int, int] | None = None
         for at in cells:
             owner, end = self._CELL.unpack_from(m, at)
             if owner == writer or not owner or end <= now:
@@ -176,15 +174,9 @@ class LocalStore:
         # Every cell holds a live lease: take over the longest one, extended.
         # Its owner's end_write then no longer clears it, so the table stays
         # pending until we end too: longer than needed, never shorter.
+        assert longest is not None  # there are CELLS > 0 cells
         at, end = longest
         self._CELL.pack_into(m, at, writer, max(end, until))
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                self._map.close()
-                os.close(self._fd)
-                self._fd = -1
 
 
 #: Seconds a token key lives in Redis: one per row read by id, so they must not
@@ -322,10 +314,10 @@ _stores_lock = threading.Lock()
 def open_store(spec: str, lease: float = 10.0):
     """The store for a ``cache=`` setting, one per setting and process.
 
-    >>> open_store("memcached://x")
+    >>> open_store("memcached://x")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    webpy_txscope._errors.ConfigurationError: unknown cache 'memcached://x': use cache="local", cache="local:/path/to/file" or cache="redis://host:6379/0"
+    webpy_txscope._errors.ConfigurationError: unknown cache 'memcached://x': use cache="local", ...
     """
     key = (spec, lease)
     with _stores_lock:
