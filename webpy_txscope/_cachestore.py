@@ -4,7 +4,7 @@ Two stores with one interface:
 
 * :class:`LocalStore` (``cache="local"``): a small file mapped into memory by
   every process of one host.  A table hashes to a slot holding its token and a
-  few writer leases; a POSIX record lock (released by the kernel when a process
+  few writer leases; a ``flock`` lock (released by the kernel when a process
   dies) serializes access.  Leases run on ``CLOCK_MONOTONIC``, which every
   process of a host shares.
 * :class:`RedisStore` (``cache="redis://host:6379/0"``): one key per table for
@@ -61,6 +61,10 @@ class LocalStore:
         self.path = path
         self.lease_ns = int(lease * 1e9)
         self._lock = threading.Lock()
+        # flock, never POSIX record locks (lockf): those belong to a process, and the
+        # kernel's deadlock detection then sees a cycle between two processes that
+        # each hold one lock in one thread and wait in another; it fails the other
+        # lock (mod_wsgi's accept mutex: "Resource deadlock avoided", the daemon quits).
         self._fd, self._map, self._ino = self._open()
         os.register_at_fork(after_in_child=self._after_fork)
 
@@ -69,13 +73,19 @@ class LocalStore:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()  # it may have been held by another thread at fork
+        # A flock belongs to the open file, which a child shares with its parent:
+        # the child opens its own, so that the two exclude each other.
+        inherited = self._fd, self._map
+        self._fd, self._map, self._ino = self._open()
+        inherited[1].close()
+        os.close(inherited[0])
 
     def _open(self) -> tuple[int, mmap.mmap, tuple[int, int]]:
         """Map the file, making and filling it first if it is new."""
         size = self._HEADER.size + self.SLOTS * self._SLOT
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 st = os.fstat(fd)
                 if st.st_size < size:
@@ -90,7 +100,7 @@ class LocalStore:
                         offset = self._HEADER.size + slot * self._SLOT
                         mapped[offset:offset + 16] = os.urandom(16)
             finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except BaseException:
             os.close(fd)
             raise
@@ -118,7 +128,7 @@ class LocalStore:
         with self._lock:
             self._checked()
             fd, m = self._fd, self._map
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 _, created = self._HEADER.unpack_from(m, 0)
                 pending = now < created + self.lease_ns
@@ -131,7 +141,7 @@ class LocalStore:
                         if writer and until > now:
                             pending = True
             finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
         return tuple(tokens), pending
 
     def begin_write(self, tables, writer: int) -> None:
@@ -148,7 +158,7 @@ class LocalStore:
         with self._lock:
             self._checked()
             fd, m = self._fd, self._map
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 for offset in sorted({self._slot(table) for table in tables}):
                     m[offset:offset + 16] = os.urandom(16)
@@ -160,7 +170,7 @@ class LocalStore:
                             if self._CELL.unpack_from(m, at)[0] == writer:
                                 self._CELL.pack_into(m, at, 0, 0)
             finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _lease(self, m, cells, writer: int, now: int, until: int) -> None:
         longest: tuple[int, int] | None = None
