@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e_support import (CSRF_SECRET, PROCESSES, REPO, THREADS, WSGI_FILE, Cookbook, checker, error_lines,
-                         prepare, record)
+                         prepare)
 from modwsgi import serve, www_data_dir
 from test_e2e_stale import CHECK, MIN_CHECKS, PROBLEMS
 
