@@ -2,15 +2,19 @@
 
 ``txscope(uri, cache="local")`` or ``cache="redis://host:6379/0"`` caches the
 results of the SELECTs SQLObject sends inside a scope (``Model.get``,
-iterating a ``select()``, ``count()``), keyed by their SQL text and tagged
-with the tables they read.  The rules, each tested:
+iterating a ``select()``, ``count()``), keyed by their SQL text (a
+``Model.get`` by table, columns and id) and tagged with the tokens of what
+they read.  The rules, each tested:
 
-* **Tokens, not times.**  Every table has a random generation token in the
-  shared store (:mod:`~webpy_txscope._cachestore`).  An entry carries the
-  tokens its tables had *before* its query ran, and is served only while
-  every one of them is still current.  No wall clock is read anywhere.
+* **Tokens, not times.**  Random generation tokens live in the shared store
+  (:mod:`~webpy_txscope._cachestore`): one per table, one per table for its
+  selects and counts, one per row read by id.  An entry carries the tokens
+  it depends on as they were *before* its query ran (read once per
+  transaction), and is served only while every one of them is still current.
+  SQLObject's writes of one row replace that row's and the selects' tokens;
+  any other write replaces its tables' tokens.  No wall clock is read anywhere.
 * **Writers replace tokens twice.**  Before COMMIT a writer leases a pending
-  marker on the tables it wrote and replaces their tokens; after COMMIT it
+  marker on the tokens its writes concern and replaces them; after COMMIT it
   replaces them again and drops the marker, and only then is the request
   answered.  Nobody stores an entry while a marker lives, so a writer killed
   between its COMMIT and its second replacement leaves nothing trustable.
