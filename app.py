@@ -15,7 +15,8 @@ Configuration (environment): ``TXSCOPE_DATABASE_URI`` (default: SQLite file
 ``mydatabase.db`` in the working directory), ``TXSCOPE_CSRF_SECRET`` (the
 same for every process; required with PostgreSQL or MariaDB, while on SQLite
 it defaults to the file ``csrf_secret`` beside the database, created once),
-``TXSCOPE_ENABLED=0`` to run without the processor, as the stale recipe did,
+``TXSCOPE_CACHE`` (``local`` or a ``redis://`` URL: the shared cache, see
+README.org), ``TXSCOPE_ENABLED=0`` to run without the processor, as the stale recipe did,
 ``TXSCOPE_PORT`` (default 8080, a command-line port wins),
 ``TXSCOPE_MAX_BODY`` (largest request body in bytes, default 65536; larger
 ones get 413 unread), ``TXSCOPE_DEBUG=1`` for web.py's debug pages
@@ -73,7 +74,7 @@ MAX_BODY = int(os.environ.get("TXSCOPE_MAX_BODY") or 64 * 1024)
 DEFAULT_PORT = 8080
 
 # One connection per process, one transaction per request.
-load_sqlo = txscope(DATABASE_URI)
+load_sqlo = txscope(DATABASE_URI, cache=os.environ.get("TXSCOPE_CACHE") or None)
 
 
 class Problem(web.HTTPError):

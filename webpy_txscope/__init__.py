@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     from ._options import UNSET, ScopeOptions
     from ._policy import default_commit_veto, strict_commit_veto
     from ._uri import mask
+    from .sharedcache import SharedCache, invalidate
     from .core import CommitFailed, Outcome, Scope, ScopeManager, current_scope, doom, on_commit
     from .webpy import no_scope, scope_options, txscope
     from .wsgi import TxScopeMiddleware
@@ -40,6 +41,8 @@ _PUBLIC = {
     "default_commit_veto": "._policy",
     "strict_commit_veto": "._policy",
     "mask": "._uri",
+    "SharedCache": ".sharedcache",
+    "invalidate": ".sharedcache",
     "CommitFailed": ".core",
     "Outcome": ".core",
     "Scope": ".core",
@@ -63,6 +66,7 @@ __all__ = [
     "Scope",
     "ScopeManager",
     "ScopeOptions",
+    "SharedCache",
     "TxScopeMiddleware",
     "UNSET",
     "check_scope_ages",
@@ -71,6 +75,7 @@ __all__ = [
     "default_commit_veto",
     "doom",
     "export_prometheus",
+    "invalidate",
     "mask",
     "no_scope",
     "oldest_scope_age",

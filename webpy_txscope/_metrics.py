@@ -19,7 +19,10 @@ log = logging.getLogger("webpy_txscope")
 
 # "untouched": scopes that ended without touching the database, so with
 # nothing to commit or roll back (see ScopeManager.close_untouched).
-_counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0, "untouched": 0}
+_counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0, "untouched": 0,
+                           # the shared cache (webpy_txscope.sharedcache): this process's reads
+                           # and the tokens its writes replaced
+                           "cache_hits": 0, "cache_misses": 0, "cache_bypasses": 0, "cache_invalidations": 0}
 # Reads routed by replicas= (see webpy_txscope/replicas.py): served by a
 # replica, served by the primary although a replica was wanted (fallbacks),
 # routed after waiting for a replica to replay, and rerun on the primary.
@@ -91,8 +94,12 @@ def stats() -> Dict[str, float]:
     ``replica_reruns`` (requests run again on the primary after a write on
     a replica or a replica lost mid-request).
 
-    >>> sorted(stats())[:4]
-    ['commits', 'failed_commits', 'oldest_scope_age', 'open_scopes']
+    With ``cache=``: ``cache_hits``, ``cache_misses``, ``cache_bypasses``
+    (statements the cache could not serve or store, said why at DEBUG) and
+    ``cache_invalidations`` (tokens this process's writes replaced).
+
+    >>> sorted(stats())[:6]
+    ['cache_bypasses', 'cache_hits', 'cache_invalidations', 'cache_misses', 'commits', 'failed_commits']
     """
     check_scope_ages()
     started = list(_open.values())  # one snapshot for both figures: they never disagree
@@ -102,6 +109,10 @@ def stats() -> Dict[str, float]:
         "failed_commits": _counts["failed"],
         "retries": _counts["retry"],
         "untouched": _counts["untouched"],
+        "cache_hits": _counts["cache_hits"],
+        "cache_misses": _counts["cache_misses"],
+        "cache_bypasses": _counts["cache_bypasses"],
+        "cache_invalidations": _counts["cache_invalidations"],
         "open_scopes": len(started),
         "oldest_scope_age": time.monotonic() - min(started) if started else 0.0,
         **_replica_counts,

@@ -46,6 +46,7 @@ class ScopeOptions(TypedDict, total=False):
     consistency: str
     replica_wait: float
     max_replica_lag: float | None
+    cache: Any
 
 
 #: What ``consistency=`` accepts (see webpy_txscope/replicas.py).
@@ -111,6 +112,8 @@ class Settings:
     consistency: str = "session"
     replica_wait: float = 0.5
     max_replica_lag: float | None = None
+    #: None, "local", "local:/path", "redis://host:6379/0" or a webpy_txscope.SharedCache.
+    cache: Any = None
 
     def __post_init__(self) -> None:
         attempts = self.attempts
@@ -133,6 +136,9 @@ class Settings:
         set_(self, "replica_wait", _finite("replica_wait", self.replica_wait, 0))
         if self.max_replica_lag is not None:
             set_(self, "max_replica_lag", _finite("max_replica_lag", self.max_replica_lag, 0))
+        if self.cache is not None and not isinstance(self.cache, str) \
+                and not hasattr(self.cache, "transaction_class"):
+            raise ConfigurationError(f"cache must be 'local', a redis:// URL or a SharedCache, not {self.cache!r}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:

@@ -146,7 +146,7 @@ class Scope:
             router: Any = manager.router
             self.tx = router.transaction(route, manager._begin, manager._end, manager._replica_begin)
         else:
-            self.tx = ScopeTransaction(manager.connection, manager._begin, manager._end)
+            self.tx = manager.transaction_class(manager.connection, manager._begin, manager._end)
         self.hooks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self.doomed = False
         self.started = time.monotonic()
@@ -277,6 +277,14 @@ class ScopeManager:
         self._verdicts: dict[Any, bool] | None = \
             {} if self.commit_veto in (default_commit_veto, strict_commit_veto) else None
         _driver.prepare(self.connection)
+        #: What each scope's transaction is: a cached one only if a cache is configured.
+        self.transaction_class: type[ScopeTransaction] = ScopeTransaction
+        self.cache = None
+        if settings.cache is not None:
+            from .sharedcache import attach  # only apps that use the cache load it
+
+            self.cache = attach(settings.cache)
+            self.transaction_class = self.cache.transaction_class
         self.router: ReplicaRouter | None = None
         if settings.replicas:
             from . import replicas  # loaded only by the apps that use it

@@ -197,7 +197,7 @@ class _WebpyBody(ScopedBody):
 
 
 def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset = UNSET,
-                  replica: bool | Unset = UNSET) -> Callable[[F], F]:
+                  replica: bool | Unset = UNSET, cache: bool | Unset = UNSET) -> Callable[[F], F]:
     """Decorate a handler method to give its transaction other characteristics.
 
     >>> from webpy_txscope import scope_options
@@ -208,7 +208,8 @@ def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset 
 
     The settings apply to that request's transaction only and must be chosen
     before the handler's first statement.  ``replica=False`` keeps a GET
-    handler on the primary when the scope has ``replicas=``.
+    handler on the primary when the scope has ``replicas=``.  ``cache=False``
+    makes its reads bypass the shared cache (its writes still invalidate it).
     """
     if isolation is not UNSET:
         normalize_isolation(isolation)
@@ -219,6 +220,9 @@ def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset 
             scope = current_scope()
             if scope is not None:
                 scope.configure(isolation, readonly, replica)
+                if cache is False and scope.manager.cache is not None \
+                        and type(scope.tx) is scope.manager.transaction_class:
+                    scope.tx.bypass_cache("@scope_options(cache=False)")
             return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -322,6 +322,7 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "consistency": str,
     "replica_wait": float,
     "max_replica_lag": float,
+    "cache": str,
 }
 
 
@@ -335,7 +336,8 @@ def filter_app_factory(app: Callable[..., Any], global_conf: dict[str, Any], uri
     ``package.module:function``), ``retry_backoff = 0.05``,
     ``retry_after = 10``, ``max_age = 30``, ``replicas = postgres://app@r1/db,
     postgres://app@r2/db`` (commas or lines), ``consistency = strong``,
-    ``replica_wait = 0.5``, ``max_replica_lag = 5``.  A bad setting fails when the
+    ``replica_wait = 0.5``, ``max_replica_lag = 5``, ``cache = local`` (or a
+    ``redis://`` URL).  A bad setting fails when the
     pipeline loads, with a :class:`~webpy_txscope.ConfigurationError`.
     """
     if not uri or not str(uri).strip():
