@@ -87,7 +87,12 @@ def _free_port():
 
 @pytest.mark.parametrize("block", [b for b in ALL if b.mode == "run"], ids=lambda b: b.id)
 def test_block_runs(block, tmp_path):
-    if block.language == "python":
+    if block.language == "python" and block.text.lstrip().startswith(">>>"):  # a session: run as a doctest
+        script = ("import doctest, sys\n"
+                  f"test = doctest.DocTestParser().get_doctest({block.text!r}, {{}}, {block.id!r}, None, 0)\n"
+                  "runner = doctest.DocTestRunner()\nrunner.run(test)\nsys.exit(bool(runner.failures))\n")
+        command, cwd = [sys.executable, "-c", script], tmp_path
+    elif block.language == "python":
         command, cwd = [sys.executable, "-c", block.text], tmp_path
     else:
         assert block.language == "sh", f"{block.id}: no way to run {block.language}; mark it check"
