@@ -160,22 +160,11 @@ class ScopeTransaction(Transaction):
         deletes them; any use adds one to ``__dict__``.  Comparing a length is
         far cheaper than comparing keys, and this runs on every request.
         """
-        return len(self.__dict__) != _UNTOUCHED_SIZE
-
-    @property
-    def finished(self) -> bool:
-        return self._obsolete
-
-    def reuse(self) -> None:
-        """Make an untouched, finished transaction usable again (no state to reset)."""
-        self._obsolete = False
+        return len(self.__dict__) != UNTOUCHED_SIZE
 
     def set_statements(self, begin: tuple[str, ...], end: tuple[str, ...]) -> None:
         """Change what is sent first and last, before the first statement."""
         self._begin, self._end = begin, end
-
-    def uses_statements(self, begin: tuple[str, ...], end: tuple[str, ...]) -> bool:
-        return self._begin is begin and self._end is end
 
     # -- nested blocks: savepoints -----------------------------------------------
 
@@ -462,7 +451,7 @@ class ScopeTransaction(Transaction):
 #: The keys of a ScopeTransaction's ``__dict__`` until something uses it: any
 #: use at all (a checkout, a delegated lookup, its cache, a failure) adds one.
 UNTOUCHED = frozenset(("_obsolete", "_dbConnection", "_begin", "_end"))
-_UNTOUCHED_SIZE = len(UNTOUCHED)
+UNTOUCHED_SIZE = len(UNTOUCHED)
 
 
 class TransactionAborted(Exception):

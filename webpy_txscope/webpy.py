@@ -134,6 +134,8 @@ class txscope:
                     return _WebpyBody(scope, result)
                 manager.finish(scope, ctx.status, ctx.headers)  # @no_scope: the body runs on its own
                 return result
+            if manager.end_if_untouched(scope):
+                return result  # nothing to decide: no need to read web.ctx's status and headers
             outcome = manager.finish(scope, ctx.status, ctx.headers, retry=replay is not None)
             if outcome is RETRY:
                 route = scope.route
