@@ -312,7 +312,7 @@ def test_a_replica_that_is_the_primary_is_refused(fresh):
 ])
 def test_replicas_of_other_databases_are_refused_without_showing_a_password(primary, replica, message):
     with pytest.raises(ConfigurationError, match=message) as refused:
-        ReplicaRouter(connectionForURI(primary), [replica])
+        txscope(primary, replicas=[replica])
     assert "s3cretpw" not in str(refused.value)
 
 

@@ -259,6 +259,10 @@ class ScopeManager:
         if not hasattr(hub, "threadingLocal"):
             raise ConfigurationError("hub must be a sqlobject ConnectionHub such as sqlhub")
         self.settings = settings
+        if settings.replicas:
+            from .replicas import check_kinds  # before connecting: a wrong driver must not mask the real problem
+
+            check_kinds(uri_or_connection, settings.replicas)
         self.connection: DBConnection = open_connection(uri_or_connection)
         self.hub = hub
         # Copied from the settings: read on every request.
@@ -420,6 +424,11 @@ class ScopeManager:
             scope.route = router.primary_route(route)
             return RETRY
         outcome = ScopeManager.finish(self, scope, status, headers, error, retry=retry)
+        if outcome.failed and route.replica is not None and retry and router.rerun_after_failed_commit(route):
+            # COMMIT of a read on a replica that went away: a replica never
+            # keeps a write, so nothing happened that running again could repeat.
+            scope.route = router.primary_route(route)
+            return RETRY
         if outcome is COMMITTED or outcome is ROLLED_BACK:
             scope.position = router.position_after(route, tx.began)
         return outcome

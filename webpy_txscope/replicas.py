@@ -48,7 +48,7 @@ from sqlobject.dbconnection import DBConnection
 from . import _driver, _metrics
 from ._errors import DISCONNECT, ConfigurationError, _chain, _code, classify
 from ._tx import UNTOUCHED, ScopeTransaction
-from ._uri import describe, open_connection, scrub
+from ._uri import describe, mask, open_connection, scrub
 
 log = logging.getLogger("webpy_txscope")
 
@@ -486,6 +486,17 @@ class ReplicaRouter:
         self._count("replica_reruns")
         return True
 
+    def rerun_after_failed_commit(self, route: Route) -> bool:
+        """True: a read whose COMMIT failed on a replica runs again on the primary.
+
+        A replica keeps no write, so running the request again repeats
+        nothing; the probe takes a replica that went away out of service.
+        """
+        assert route.replica is not None
+        route.replica.probe()
+        self._count("replica_reruns")
+        return True
+
     def transaction(self, request: Request, begin: tuple[str, ...], end: tuple[str, ...],
                     replica_begin: tuple[str, ...]) -> RoutedTransaction:
         """The transaction of a scope for *request*, routed at its first statement."""
@@ -522,7 +533,35 @@ _driver.after_fork_hooks.append(_detach_after_fork)
 # -- configuration ---------------------------------------------------------------------------
 
 
+def _kind(uri_or_connection: Any) -> str | None:
+    """The database kind a URI names, read from its scheme (None if it cannot be told)."""
+    if isinstance(uri_or_connection, DBConnection):
+        return uri_or_connection.dbName
+    if not isinstance(uri_or_connection, str):
+        return None
+    scheme = uri_or_connection.partition(":")[0].lower()
+    return {"postgres": "postgres", "postgresql": "postgres", "psycopg": "postgres", "psycopg2": "postgres",
+            "mysql": "mysql", "sqlite": "sqlite"}.get(scheme)
+
+
+def check_kinds(primary: Any, replicas: Iterable[Any]) -> None:
+    """Refuse replicas= for a primary or replicas that are not PostgreSQL, before connecting to any."""
+    kind = _kind(primary)
+    if kind not in (None, "postgres"):
+        what = "SQLite has no replicas" if kind == "sqlite" else "replicas are supported on PostgreSQL only"
+        raise ConfigurationError(f"replicas= with {mask(primary) if isinstance(primary, str) else primary}: "
+                                 f"{what}; drop replicas=, or use PostgreSQL streaming replicas")
+    if isinstance(replicas, (str, bytes, DBConnection)) or not hasattr(replicas, "__iter__"):
+        return  # _replica_connections says what replicas= takes
+    for replica in replicas:
+        if _kind(replica) not in (None, "postgres"):
+            shown = mask(replica) if isinstance(replica, str) else describe(replica)
+            raise ConfigurationError(f"replica {shown} is not a PostgreSQL database: "
+                                     "replicas of a PostgreSQL primary are PostgreSQL URIs too")
+
+
 def _replica_connections(primary: DBConnection, replicas: Iterable[Any]) -> list[DBConnection]:
+    check_kinds(primary, replicas)
     kind = primary.dbName
     if kind != "postgres":
         what = "SQLite has no replicas" if kind == "sqlite" else "replicas are supported on PostgreSQL only"
