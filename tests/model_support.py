@@ -659,12 +659,12 @@ def _end_stream(program, env, rows, fired, reads):
             # the scope, holding the last chunk back until COMMIT) may have run
             # the next segment already: its reads may show, and it may have raised.
             out.truncated, out.aborted = True, None
-            if i + 1 < len(program.segments):
-                reads = list(env.reads)
+            if not program.no_scope:  # a body outside any scope is not read ahead
+                reads, committed, fired = len(env.reads), len(env.committed), len(env.fired)
                 with contextlib.suppress(Exception):
                     run_ops(program.segments[i + 1], env)
-                out.reads_ahead = env.reads[len(reads):]
-                env.reads[:] = reads
+                out.reads_ahead = env.reads[reads:]
+                del env.reads[reads:], env.committed[committed:], env.fired[fired:]
             return out, set()
     if _finish(program, env, program.status, raised=False) == "failed":
         out.aborted = out.truncated = True
