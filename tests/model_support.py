@@ -661,8 +661,13 @@ def _end_stream(program, env, rows, fired, reads):
             out.truncated, out.aborted = True, None
             if not program.no_scope:  # a body outside any scope is not read ahead
                 reads, committed, fired = len(env.reads), len(env.committed), len(env.fired)
-                with contextlib.suppress(Exception):
+                try:
                     run_ops(program.segments[i + 1], env)
+                except Exception:
+                    if i == 0:  # raised while the first chunk was held back: nothing was sent yet
+                        out.reads_ahead = env.reads[reads:]
+                        del env.reads[reads:], env.committed[committed:], env.fired[fired:]
+                        return out, {"exc", 500}
                 out.reads_ahead = env.reads[reads:]
                 del env.reads[reads:], env.committed[committed:], env.fired[fired:]
             return out, set()
