@@ -499,9 +499,12 @@ class ModelEnv:
             raise
         self.frames.pop()
         if own:
-            if not frame.doomed:
-                self.committed.extend(frame.rows)
-                fire_all(frame.hooks, self.fired)
+            if frame.doomed:
+                return
+            if frame.bad_commit or frame.aborted:
+                raise ModelDBError("CommitFailed: the block's COMMIT was refused")
+            self.committed.extend(frame.rows)
+            fire_all(frame.hooks, self.fired)
             return
         parent = self.frames[-1]
         parent.rows.extend(frame.rows)
@@ -891,7 +894,7 @@ class Apps:
             urls += [f"/{name}/(\\d+)", name]
             fvars[name] = _handler_class(name, decorate)
         for n, scope in self.scopes.items():
-            app = web.application(tuple(urls), fvars)
+            app = web.application(tuple(urls), fvars)  # noqa: TXS101 - the processor is a variable, added below
             # Not web.py's debug page: slow, and it is not what a deployment answers.
             app.internalerror = lambda: web.HTTPError(STATUS_LINES[500], {"Content-Type": "text/plain"}, "error")
             app.add_processor(scope)
