@@ -29,7 +29,7 @@ from sqlobject import sqlhub
 from model_support import Apps, Database, Run, predict, programs
 from webpy_txscope import current_scope, stats
 
-EXAMPLES = int(os.environ.get("TXSCOPE_MODEL_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("TXSCOPE_MODEL_EXAMPLES", "80"))
 STEPS = int(os.environ.get("TXSCOPE_MODEL_STEPS", "8"))
 _ABSENT = object()
 
