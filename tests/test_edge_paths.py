@@ -403,6 +403,35 @@ def test_sqlite_repeatable_read_writers_queue_instead_of_failing(tmp_path):
     assert failures == [] and value == "60", "every read-modify-write ran, none was lost"
 
 
+def test_sqlite_lock_timeout_at_begin_immediate_is_retried(tmp_path):
+    from sqlobject.sqlite.sqliteconnection import SQLiteConnection
+
+    from webpy_txscope import scope_options
+
+    path = str(tmp_path / "locked.db")
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("CREATE TABLE t (v INTEGER)")
+    calls = []
+
+    class Page:
+        @scope_options(isolation="SERIALIZABLE")
+        def GET(self):
+            calls.append(1)
+            if len(calls) == 1:
+                other.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+            try:
+                sqlhub.threadConnection.query("INSERT INTO t VALUES (1)")
+            finally:
+                if other.in_transaction:
+                    other.execute("ROLLBACK")
+            return "ok"
+
+    app = web.application(("/", "Page"), {"Page": Page})
+    app.add_processor(txscope(SQLiteConnection(path, timeout=0.05), attempts=2, retry_backoff=0))
+    assert app.request("/").status == "200 OK"
+    assert len(calls) == 2 and other.execute("SELECT COUNT(*) FROM t").fetchone() == (1,)
+
+
 # -- 12. hooks ------------------------------------------------------------------------------------
 
 

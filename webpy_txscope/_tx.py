@@ -243,7 +243,8 @@ class ScopeTransaction(Transaction):
                     _discard(db, raw)
                     continue
                 self._give_back(raw)
-                self._fail(OTHER, e)
+                # A lock timeout at SQLite's BEGIN IMMEDIATE is transient like any other.
+                self._fail(classify(e), e)
                 raise
             self._raw = raw
             self._began = True
