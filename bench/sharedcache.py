@@ -3,6 +3,7 @@
     python bench/sharedcache.py                 # SQLite and PostgreSQL, about 3 minutes
     python bench/sharedcache.py --quick         # a smoke run of the same steps
     python bench/sharedcache.py --backends sqlite,postgres,mysql
+    python bench/sharedcache.py --instructions  # callgrind counts on SQLite only, about 2 minutes
 
 Same application, requests and timing as ``bench/run.py`` (each request
 through the WSGI callable in-process, strategies interleaved in rotating
@@ -128,6 +129,58 @@ def time_backend(backend, uri, opts, tmp):
     return medians, counters
 
 
+# -- instructions: what the noise of a shared machine does not blur --------------------------
+
+ICOUNT = [("unsafe", "read"), ("txscope", "read"), ("local", "read"),
+          ("unsafe", "get"), ("txscope", "get"), ("local", "get")]
+
+
+def icount_main(name, workload, n, tmp):
+    """Run *n* warm requests of *workload* through *name* on SQLite in *tmp* (under callgrind)."""
+    uri = "sqlite:" + os.path.join(tmp, "bench.db")
+    if name == "local":
+        cache = SharedCache(f"local:{os.path.join(tmp, 'tokens')}", lease=0.2)
+        strategy = Cached(name, uri, cache)
+        settle(cache)
+    else:
+        strategy = S.Strategy(name, uri)
+    strategy.prepare()
+    next_request = R.Requests()
+    for _ in range(2 * S.ROWS):  # warm: imports, every entry and every instance state
+        S.call(strategy.wsgi, *next_request(workload))
+    for _ in range(n):
+        S.call(strategy.wsgi, *next_request(workload))
+
+
+def instructions(tmp):
+    """Instructions per request of each ICOUNT pair: two run lengths, so that start-up cancels out."""
+    import shutil
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        raise SystemExit("--instructions needs valgrind: apt-get install valgrind")
+    S.create_table("sqlite:" + os.path.join(tmp, "bench.db"))
+    env = dict(os.environ, PYTHONHASHSEED="0")
+
+    def total(name, workload, n):
+        done = subprocess.run([valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                               os.path.abspath(__file__), "--icount", name, workload, str(n), tmp],
+                              capture_output=True, text=True, env=env)
+        for line in done.stderr.splitlines():
+            if "Collected :" in line:
+                return int(line.split()[-1])
+        raise RuntimeError("callgrind gave no count:\n" + done.stderr[-2000:])
+
+    def per_request(pair):
+        return (total(*pair, 60) - total(*pair, 10)) / 50
+
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        counts = dict(zip(ICOUNT, pool.map(per_request, ICOUNT)))
+    return {f"{w}/{n}": c for (n, w), c in counts.items()}
+
+
 def ratios(medians):
     def r(a, b):
         return medians[a] / medians[b]
@@ -173,7 +226,22 @@ def main(argv=None):
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--out", default=HERE)
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per request with callgrind (SQLite) instead of timing")
+    parser.add_argument("--icount", nargs=4, metavar=("STRATEGY", "WORKLOAD", "N", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.icount:
+        name, workload, n, tmp = args.icount
+        return icount_main(name, workload, int(n), tmp)
+    if args.instructions:
+        with tempfile.TemporaryDirectory(prefix="txscope-cache-icount-") as tmp:
+            counts = instructions(tmp)
+        lines = ["| request | unsafe | txscope | local (warm) | local / unsafe |", "|---|---:|---:|---:|---:|"]
+        for w in ("read", "get"):
+            u, t, c = (counts[f"{w}/{n}"] for n in ("unsafe", "txscope", "local"))
+            lines.append(f"| {w} | {u:,.0f} | {t:,.0f} | {c:,.0f} | {c / u:.2f}x |")
+        sys.stdout.write("Instructions per request (callgrind, SQLite):\n\n" + "\n".join(lines) + "\n")
+        return 0
     opts = dict(QUICK if args.quick else FULL)
     if args.rounds:
         opts["rounds"] = args.rounds

@@ -53,6 +53,8 @@ class LocalStore:
     _HEADER = struct.Struct("<8sq")  # magic, created (monotonic ns)
     _CELL = struct.Struct("<qq")  # writer id, lease end (monotonic ns)
     _SLOT = 16 + CELLS * _CELL.size
+    _WHOLE = struct.Struct("<16s" + "qq" * CELLS)  # a slot: its token, then its cells
+    _NO_LEASES = (0,) * (2 * CELLS)
 
     def __init__(self, path: str | None = None, lease: float = 10.0):
         if path is None:
@@ -60,6 +62,7 @@ class LocalStore:
             path = os.path.join(base, f"webpy_txscope-{os.getuid()}.cache")
         self.path = path
         self.lease_ns = int(lease * 1e9)
+        self._offsets: dict[str, int] = {}
         self._lock = threading.Lock()
         # flock, never POSIX record locks (lockf): those belong to a process, and the
         # kernel's deadlock detection then sees a cycle between two processes that
@@ -107,42 +110,46 @@ class LocalStore:
         return fd, mapped, (st.st_dev, st.st_ino)
 
     def _checked(self) -> None:
-        """Reopen the file if it was removed or replaced: a stale mapping would see no writes."""
-        try:
-            st = os.stat(self.path)
-            same = (st.st_dev, st.st_ino) == self._ino
-        except FileNotFoundError:
-            same = False
-        if not same:
+        """Reopen the file if it was removed or replaced: a stale mapping would see no writes.
+
+        Either leaves our file with no name (``st_nlink`` 0), which an
+        ``fstat`` of the open file tells without looking the path up.
+        """
+        if os.fstat(self._fd).st_nlink == 0:
             old_fd, old_map = self._fd, self._map
             self._fd, self._map, self._ino = self._open()
             old_map.close()
             os.close(old_fd)
 
     def _slot(self, table: str) -> int:
-        return self._HEADER.size + (zlib.crc32(table.encode()) % self.SLOTS) * self._SLOT
+        offset = self._offsets.get(table)
+        if offset is None:
+            offset = self._HEADER.size + (zlib.crc32(table.encode()) % self.SLOTS) * self._SLOT
+            if len(self._offsets) < 100_000:  # one per row read by id: keep the memo bounded
+                self._offsets[table] = offset
+        return offset
 
     def read(self, tables) -> tuple[tuple[bytes, ...], bool]:
         """The current tokens of *tables*, and whether a write to any of them is pending."""
-        now = time.monotonic_ns()
+        slot, whole = self._slot, self._WHOLE.unpack_from
         with self._lock:
             self._checked()
             fd, m = self._fd, self._map
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 _, created = self._HEADER.unpack_from(m, 0)
-                pending = now < created + self.lease_ns
-                tokens = []
-                for table in tables:
-                    offset = self._slot(table)
-                    tokens.append(m[offset:offset + 16])
-                    for cell in range(self.CELLS):
-                        writer, until = self._CELL.unpack_from(m, offset + 16 + cell * self._CELL.size)
-                        if writer and until > now:
-                            pending = True
+                slots = [whole(m, slot(table)) for table in tables]
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-        return tuple(tokens), pending
+        now = time.monotonic_ns()
+        pending = now < created + self.lease_ns
+        if not pending:
+            for cells in slots:
+                if cells[1:] != self._NO_LEASES:
+                    pending = any(cells[at] and cells[at + 1] > now for at in range(1, 2 * self.CELLS, 2))
+                    if pending:
+                        break
+        return tuple(cells[0] for cells in slots), pending
 
     def begin_write(self, tables, writer: int) -> None:
         """Lease a pending marker on *tables* for *writer* and replace their tokens."""

@@ -15,7 +15,9 @@ import weakref
 from typing import Any, Callable
 
 from sqlobject import main as _sqlobject_main
+from sqlobject.cache import CacheFactory
 from sqlobject.dbconnection import DBConnection
+from sqlobject.sqlbuilder import SQLObjectState
 
 #: SQLObject's thread-local list of calls postponed to the end of the
 #: outermost constructor (see ScopeTransaction._select_all), if this version has it.
@@ -232,3 +234,123 @@ def _detach_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_detach_after_fork)
+
+
+# -- instances built from cached rows -----------------------------------------------
+
+_clonable: dict[type, tuple[str, ...] | None] = {}
+
+
+def clonable(cls: type) -> tuple[str, ...] | None:
+    """The attribute names of *cls*'s column values, if its instances can be copied from them.
+
+    SQLObject builds an instance from a row in ``get()``/``_init()``, turning
+    each value with its column's ``to_python``.  An instance that holds the
+    same values is equal to one built that way only if the class builds
+    instances SQLObject's way: no ``_init``, ``_SO_selectInit``, ``__init__``
+    or ``get`` of its own, and no inheritance (InheritableSQLObject reads its
+    child's row too).  None for every other class: it is built as SQLObject
+    builds it.
+    """
+    try:
+        return _clonable[cls]
+    except KeyError:
+        pass
+    base = _sqlobject_main.SQLObject
+    sqlmeta: Any = getattr(cls, "sqlmeta", None)
+    own = sqlmeta is None or any(
+        getattr(cls, name) is not getattr(base, name) for name in ("_init", "_SO_selectInit", "__init__")) \
+        or getattr(cls, "get").__func__ is not base.get.__func__ \
+        or sqlmeta.__init__ is not base.sqlmeta.__init__ \
+        or getattr(sqlmeta, "parentClass", None) is not None or getattr(sqlmeta, "childName", None) is not None
+    names = None if own else tuple(_sqlobject_main.instanceName(col.name) for col in sqlmeta.columnList)
+    _clonable[cls] = names
+    return names
+
+
+def instance_state(cls: type, row_id: Any, row: tuple, connection: Any) -> dict[str, Any]:
+    """The id and column values an instance of *cls* built from *row* holds, as SQLObject converts them.
+
+    Builds a throwaway instance the way ``get()`` does (it goes into no
+    cache) and reads its ``id`` and column attributes (:func:`clonable`).
+    """
+    names = clonable(cls)
+    assert names is not None and row
+    obj: Any = cls(_SO_fetch_no_create=1)
+    obj._SO_validatorState = SQLObjectState(obj)
+    obj._init(row_id, connection, row)
+    values = obj.__dict__
+    return {"id": values["id"], **{name: values[name] for name in names}}
+
+
+def pinned(cls: type, connection: Any) -> bool:
+    """Whether ``get(..., connection=connection)`` keeps *connection* on the instance.
+
+    SQLObject does only when it is not already what the class's
+    ``_connection`` (for a scope: the thread's) resolves to.
+    """
+    return getattr(cls, "_connection", None) is not connection
+
+
+def clones(cls: type, rows: Any, states: list[Any], connection: Any, cache: Any) -> list[Any]:
+    """The instances of *cls* that ``get()`` builds from *rows*, given their :func:`instance_state`.
+
+    An instance already in the connection's *cache* (a ``CacheSet``) is
+    returned as ``get()`` returns it; any other is a copy of which only the
+    per-instance parts are made: its sqlmeta and validator state (pointing
+    back at it), its lock and its pending values, as ``SQLObject.__init__``,
+    ``get()`` and ``_init()`` make them (clonable() made sure the class has
+    no other way).  The values are shared, so they must be immutable (the
+    shared cache checks).  A fraction of the cost of building them.
+    """
+    find, add = instance_cache(cache, cls)
+    pin = pinned(cls, connection)
+    meta_class: Any = cls.sqlmeta  # type: ignore[attr-defined]
+    new, proxy, lock = _new, _proxy, _Lock
+    out: list[Any] = []
+    for row, state in zip(rows, states):
+        if state is None:
+            out.append(None)
+            continue
+        row_id = state["id"]
+        obj: Any = find(row_id)
+        if obj is not None:  # get() refreshes it from the row unless it holds unwritten values
+            out.append(getattr(cls, "get")(row_id, selectResults=row[1:], connection=connection))
+            continue
+        obj = new(cls)
+        back = proxy(obj)
+        meta = new(meta_class)
+        meta.__dict__ = {"instance": back, "dirty": False}
+        validator_state = new(SQLObjectState)
+        validator_state.__dict__ = {"soObject": back, "connection": None}
+        own = state.copy()
+        own["sqlmeta"] = meta
+        own["_SO_validatorState"] = validator_state
+        own["_SO_writeLock"] = lock()
+        own["_SO_createValues"] = {}
+        if pin:
+            own["_connection"] = connection
+            meta._perConnection = True
+        obj.__dict__ = own
+        add(row_id, obj)
+        out.append(obj)
+    return out
+
+
+def instance_cache(cache: Any, cls: type) -> tuple[Callable[[Any], Any], Callable[[Any, Any], None]]:
+    """``(find, add)`` for *cls*'s instances in a connection's ``CacheSet``, without its per-call lookups.
+
+    *add* is for an instance nobody else knows yet (``CacheSet.created``).
+    """
+    caches = cache.caches
+    factory = caches.get(cls.__name__)
+    if factory is None:
+        factory = caches[cls.__name__] = CacheFactory(*cache.args, **cache.kw)
+    if factory.doCache and not factory.expiredCache:
+        return factory.cache.get, factory.cache.__setitem__
+    return factory.tryGet, factory.created
+
+
+_new = object.__new__
+_proxy = weakref.proxy
+_Lock = threading.Lock

@@ -40,15 +40,17 @@ import logging
 import random
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 
 from sqlobject import classregistry, sqlbuilder
+from sqlobject.cache import CacheFactory, CacheSet
 
 from . import _driver, _metrics
 from ._cachestore import ALL_TABLES, StoreUnavailable, open_store
 from ._errors import ConfigurationError
 from ._sqltables import BEGIN, NEUTRAL, READ, WRITE, classify_sql
-from ._tx import ScopeTransaction
+from ._tx import ScopeTransaction, _per_instance
 
 log = logging.getLogger("webpy_txscope")
 
@@ -70,6 +72,25 @@ class InvalidationFailed(Exception):
     The write is durable; other processes may not store entries for its tables
     until the lease ends, and must not be told that all is well.
     """
+
+
+class _Entry:
+    """One cached result: the tables and tags it was read under, and its rows.
+
+    ``values`` is filled on first use by a select or a get whose class
+    SQLObject builds the usual way: what each row's instance holds (its id
+    and values, converted by the columns), so that later scopes copy
+    instances instead of building them; False if a converted value could be
+    changed in place.
+    """
+
+    __slots__ = ("tables", "tags", "value", "values")
+
+    def __init__(self, tables, tags, value):
+        self.tables = tables
+        self.tags = tags
+        self.value = value
+        self.values = None
 
 
 class SharedCache:
@@ -115,13 +136,15 @@ class SharedCache:
                 pass
         return entry
 
-    def _put(self, key, tables, tags, value) -> None:
+    def _put(self, key, tables, tags, value) -> _Entry:
+        entry = _Entry(tables, tags, value)
         with self._lock:
             entries = self._entries
-            entries[key] = (tables, tags, value)
+            entries[key] = entry
             entries.move_to_end(key)
             while len(entries) > self.max_entries:
                 entries.popitem(last=False)
+        return entry
 
     def clear(self) -> None:
         """Drop this process's entries (the tokens in the store stay)."""
@@ -180,6 +203,83 @@ def invalidate(*tables, cache: "str | SharedCache" = "local") -> None:
     counts["cache_invalidations"] += len(names)
 
 
+def _columns(cls) -> tuple[str, ...]:
+    """The columns ``cls.get()`` selects, as ``SQLObject._init`` lists them (memoized per class)."""
+    known = _columns_memo.get(cls)
+    if known is None:
+        known = _columns_memo[cls] = tuple(col.dbName for col in cls.sqlmeta.columnList)
+    return known
+
+
+_columns_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _states_of(cls, rows, tx):
+    """What an instance of *cls* built from each row holds (:func:`_driver.instance_state`),
+    or False if a converted value could be changed in place."""
+    out = []
+    for row in rows:
+        if row is None or row[0] is None:
+            out.append(None)
+            continue
+        state = _driver.instance_state(cls, cls.sqlmeta.idType(row[0]), row[1:], tx)
+        if _frozen((tuple(state.values()),)) is None:
+            return False
+        out.append(state)
+    return out
+
+
+class _EntryCacheSet(CacheSet):
+    """A transaction's CacheSet that, where SQLObject would build an instance by a query, copies one.
+
+    ``SQLObject.get`` asks its connection's cache first; on a miss the cache
+    stays locked until the caller puts the instance it built.  Here a miss
+    first looks for a current ``Model.get`` entry of the shared cache and, if
+    one is there, puts a copy of its instance itself.
+    """
+
+    def __init__(self, tx, *args, **kw):
+        super().__init__(*args, **kw)
+        self._tx = tx  # a weak reference: the transaction holds this cache
+
+    def get(self, id, cls):
+        caches = self.caches
+        try:
+            cache = caches[cls.__name__]
+        except KeyError:
+            cache = caches[cls.__name__] = self._factory()
+        obj = cache.get(id)
+        if obj is not None:
+            return obj
+        # The cache is locked now: SQLObject releases it after building an
+        # instance, so here it is released only if a copy is put instead.
+        try:
+            obj = self._copy(id, cls)  # a copy is put in this cache by _driver.clones
+        except BaseException:
+            cache.finishPut()
+            raise
+        if obj is not None:
+            cache.finishPut()
+        return obj
+
+    def _factory(self):
+        return CacheFactory(*self.args, **self.kw)
+
+    def _copy(self, id, cls):
+        tx = self._tx()
+        if _driver.clonable(cls) is None or tx is None or tx._obsolete:
+            return None
+        entry = tx._current_row(cls, id)
+        if entry is None:
+            return None
+        states = entry.values
+        if states is None:
+            states = entry.values = _states_of(cls, ((id,) + entry.value,), tx)
+        if states is False:
+            return None
+        return _driver.clones(cls, (None,), states, tx, self)[0]
+
+
 def _select_tokens(tables) -> tuple[str, ...]:
     """The tokens an entry of a statement reading *tables* is tagged with (memoized).
 
@@ -202,6 +302,19 @@ def _row_token(table: str, row_id) -> str:
 
 
 def _table_of(item) -> str:
+    """The key of a table given by name or by SQLObject class (a class's is memoized)."""
+    if isinstance(item, type):
+        known = _class_tables.get(item)
+        if known is None:
+            known = _class_tables[item] = _table_key(item)
+        return known
+    return _table_key(item)
+
+
+_class_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _table_key(item) -> str:
     sqlmeta = getattr(item, "sqlmeta", None)
     name = sqlmeta.table if sqlmeta is not None else item
     if not isinstance(name, str) or not name:
@@ -256,8 +369,13 @@ def _writer_id() -> int:
     return random.getrandbits(62) + 1  # never 0: an empty lease cell
 
 
-def _debug(reason: str, sql) -> None:
-    """Count a bypass; at DEBUG, say why (*sql*: a statement, or the key of a Model.get)."""
+def _debug(reason: str, sql, quiet: bool = False) -> None:
+    """Count a bypass; at DEBUG, say why (*sql*: a statement, or the key of a Model.get).
+
+    *quiet*: the read that bypasses is asked about again, and counted then.
+    """
+    if quiet:
+        return
     counts["cache_bypasses"] += 1
     if log.isEnabledFor(logging.DEBUG):
         if not isinstance(sql, str):
@@ -322,7 +440,7 @@ class CachedTransaction(ScopeTransaction):
         if what is not READ:
             self._note(state, what, tables, sql)
             return run(sql)
-        return self._cached(state, kind, (kind, sql), _select_tokens(tables), sql, run)
+        return self._cached(state, kind, (kind, sql), _select_tokens(tables), sql, run)[0]
 
     def _SO_selectOne(self, so, columnNames):
         # Model.get of a row this transaction has not loaded: keyed by table, columns and id,
@@ -331,59 +449,85 @@ class CachedTransaction(ScopeTransaction):
         self.assertActive()
         state = self._state()
         table = so.sqlmeta.table
-        key = ("get", table, tuple(columnNames), type(so.id), so.id)
+        key = ("get", table, tuple(columnNames), type(so.id), so.id)  # as _current_row makes it
 
         def run(_):
             columns = [sqlbuilder.SQLConstant(x) if isinstance(x, str) else x for x in columnNames] or None
             sql = self.sqlrepr(sqlbuilder.Select(columns, staticTables=[table], clause=so.q.id == so.id))
             return ScopeTransaction.queryOne(self, sql)
 
-        table = _table_of(so)
-        return self._cached(state, "one", key, (table, _row_token(table, so.id), ALL_TABLES), key, run)
+        table = _table_of(type(so))
+        return self._cached(state, "one", key, (table, _row_token(table, so.id), ALL_TABLES), key, run)[0]
 
-    def _cached(self, state: _State, kind: str, key, tables, sql, run):
+    def _tags(self, state: _State, tables, sql, quiet: bool = False):
+        """The tags an entry of *tables* carries while it is current, or None if this read bypasses the cache."""
         if state.off:
-            _debug(state.off, sql)
-            return run(sql)
-        cache = self._shared
+            _debug(state.off, sql, quiet)
+            return None
         if state.written and (ALL_TABLES in state.written or not state.written.isdisjoint(tables)):
-            _debug("this transaction wrote one of its tables", sql)
-            return run(sql)
-        if cache.excluded(tables):
-            _debug("a table is excluded from the cache", sql)
-            return run(sql)
+            _debug("this transaction wrote one of its tables", sql, quiet)
+            return None
+        if self._shared.excluded(tables):
+            _debug("a table is excluded from the cache", sql, quiet)
+            return None
         tokens = state.tokens
         missing = [t for t in tables if t not in tokens]
         if missing:
             try:
-                values, pending = cache.store.read(missing)
+                values, pending = self._shared.store.read(missing)
             except StoreUnavailable as e:
                 state.off = str(e)  # logged once per outage by the store
-                _debug(state.off, sql)
-                return run(sql)
+                _debug(state.off, sql, quiet)
+                return None
             tokens.update(zip(missing, values))
             if pending:
                 state.pending.update(missing)
-        tags = tuple(tokens[t] for t in tables)
+        return tuple(tokens[t] for t in tables)
+
+    def _cached(self, state: _State, kind: str, key, tables, sql, run):
+        """The result of *sql*, and the entry that holds it now (None if it was not cached)."""
+        tags = self._tags(state, tables, sql)
+        if tags is None:
+            return run(sql), None
+        cache = self._shared
         entry = cache._get(key)
-        if entry is not None and entry[1] == tags:
+        if entry is not None and entry.tags == tags:
             counts["cache_hits"] += 1
-            return entry[2]
+            return entry.value, entry
         counts["cache_misses"] += 1
         value = run(sql)
         if not state.pending.isdisjoint(tables):
             _debug("a write to one of its tables is pending", sql)
-            return value
+            return value, None
         rows = (value,) if kind == "one" else value
         if len(rows) > cache.max_rows:
             _debug(f"more than {cache.max_rows} rows", sql)
-            return value
+            return value, None
         frozen = _frozen(rows)
         if frozen is None:
             _debug("a value could be changed in place", sql)
-            return value
-        cache._put(key, tables, tags, frozen[0] if kind == "one" else frozen)
-        return value
+            return value, None
+        return value, cache._put(key, tables, tags, frozen[0] if kind == "one" else frozen)
+
+    def _current_row(self, cls, row_id):
+        """A current entry's row of ``cls.get(row_id)``, or None (then ``get()`` reads as it always does)."""
+        state = self._state()
+        table = _table_of(cls)
+        key = ("get", cls.sqlmeta.table, _columns(cls), type(row_id), row_id)
+        tables = (table, _row_token(table, row_id), ALL_TABLES)
+        tags = self._tags(state, tables, key, quiet=True)
+        if tags is None:
+            return None
+        entry = self._shared._get(key)
+        if entry is None or entry.tags != tags or entry.value is None:
+            return None
+        counts["cache_hits"] += 1
+        return entry
+
+    @_per_instance
+    def cache(self):
+        """This transaction's own instances; one missing is copied from a current entry if there is one."""
+        return _EntryCacheSet(weakref.ref(self), cache=self._dbConnection.doCache)
 
     def queryOne(self, s):
         return self._through("one", s, super().queryOne)
@@ -420,7 +564,7 @@ class CachedTransaction(ScopeTransaction):
 
     def queryInsertID(self, soInstance, id, names, values):
         state = self._state()
-        table = _table_of(soInstance)
+        table = _table_of(type(soInstance))
         state.written.add(table)
         state.bump.add(f"{table}#select")
         if id is not None:
@@ -437,7 +581,7 @@ class CachedTransaction(ScopeTransaction):
 
     def _by_row(self, so, write, *args) -> None:
         state = self._state()
-        table = _table_of(so)
+        table = _table_of(type(so))
         state.bump.update((_row_token(table, so.id), f"{table}#select"))
         state.by_row = True
         try:
@@ -448,7 +592,30 @@ class CachedTransaction(ScopeTransaction):
     def iterSelect(self, select):
         # The rows SQLObject's Iteration would fetch one by one, fetched at once.
         sql = self._dbConnection.queryForSelect(select)
-        return iter(self._instances(select, self._through("select", sql, super().queryAll)))
+        self.assertActive()
+        state = self._state()
+        what, tables = classify_sql(sql)
+        if what is not READ:
+            self._note(state, what, tables, sql)
+            return iter(self._instances(select, ScopeTransaction.queryAll(self, sql)))
+        rows, entry = self._cached(state, "select", ("select", sql), _select_tokens(tables), sql,
+                                   super().queryAll)
+        if entry is not None and not select.ops.get("lazyColumns", 0):
+            copies = self._copies(select.sourceClass, entry)
+            if copies is not None:
+                return iter(copies)
+        return iter(self._instances(select, rows))
+
+    def _copies(self, cls, entry):
+        """The instances of a select's current *entry*, copied from its rows' values; None if they cannot be."""
+        if _driver.clonable(cls) is None:
+            return None
+        states = entry.values
+        if states is None:
+            states = entry.values = _states_of(cls, entry.value, self)
+        if states is False:
+            return None
+        return _driver.clones(cls, entry.value, states, self, self.cache)
 
     def _instances(self, select, rows):
         """Instances for *rows*, built as SQLObject's ``Iteration`` builds them."""
