@@ -24,7 +24,7 @@ from models import User, create_tables
 from pg_cluster import PgCluster, free_port
 from test_sharedcache import settled
 from webapps import make_app
-from webpy_txscope import scope_options, stats, txscope
+from webpy_txscope import TxScopeMiddleware, scope_options, stats, txscope
 from webpy_txscope.replicas import parse_lsn
 
 
@@ -265,6 +265,34 @@ def test_a_get_served_from_the_cache_hands_the_client_the_primarys_position(fres
     # Its next read is not served by the cache, and the paused replica has not replayed what it was shown.
     assert body(app.request("/uncached/1", headers={"Cookie": cookie})) == "new"
     assert body(app.request("/uncached/1")) == "Full 1"  # without the cookie: the replica's past (the proof)
+
+
+def test_the_middleware_composes_the_cache_and_the_replicas_too(fresh, spec):
+    from paste.fixture import TestApp
+
+    def wsgi_app(environ, start_response):
+        user = User.get(1)
+        if environ["PATH_INFO"] == "/rename":
+            user.fullname = "by wsgi"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [user.fullname.encode()]
+
+    def client():
+        middleware = TxScopeMiddleware(wsgi_app, fresh.primary.uri(), replicas=[r.uri() for r in fresh.replicas],
+                                       cache=spec, replica_wait=0.3)
+        settled(middleware.manager.cache)
+        return TestApp(middleware)
+
+    one, other = client(), client()
+    assert other.post("/", "").body == b"Full 1"  # an entry, on the primary
+    delta = counted()
+    assert other.get("/").body == b"Full 1"
+    assert (delta("cache_hits"), delta("replica_reads")) == (1, 0)
+    fresh.pause(fresh.replicas[0])
+    fresh.primary.sql("UPDATE users SET fullname = 'Full 2' WHERE id = 2")
+    assert one.get("/rename", headers={"Cookie": f"txscope_pos={fresh.position()}"}).body == b"by wsgi"
+    assert delta("replica_fallbacks") == 1  # the GET wrote on the primary
+    assert other.post("/", "").body == b"by wsgi"
 
 
 # -- faults: the cache's failure rules on a GET that writes ------------------------------------------------

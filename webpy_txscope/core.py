@@ -419,9 +419,9 @@ class ScopeManager:
         # With cache=, entries served to the scope show the primary's present.
         served = self.cache is not None and tx.cache_served
         if route is not None and route.pending:
-            route = tx.route  # None: it never reached a server
+            request, route = route, tx.route  # None: it never reached a server
             if route is None and served:  # served entirely by the cache: the client saw the primary's present
-                route = router.primary_route(scope.route)
+                route = router.primary_route(request)
         if route is None:  # nothing routed, or a script's scope: no client to give a position
             return ScopeManager.finish(self, scope, status, headers, error, retry=retry)
         if route.replica is not None and retry and router.rerun_on_primary(route, tx, error):
