@@ -131,16 +131,15 @@ def time_backend(backend, uri, opts, tmp):
 
 # -- instructions: what the noise of a shared machine does not blur --------------------------
 
-ICOUNT = [("unsafe", "read"), ("txscope", "read"), ("local", "read"),
-          ("unsafe", "get"), ("txscope", "get"), ("local", "get")]
+ICOUNT = [(name, workload) for workload in ("read", "get") for name in ("unsafe", "txscope", "local", "local-miss")]
 
 
 def icount_main(name, workload, n, tmp):
     """Run *n* warm requests of *workload* through *name* on SQLite in *tmp* (under callgrind)."""
     uri = "sqlite:" + os.path.join(tmp, "bench.db")
-    if name == "local":
+    if name in ("local", "local-miss"):
         cache = SharedCache(f"local:{os.path.join(tmp, 'tokens')}", lease=0.2)
-        strategy = Cached(name, uri, cache)
+        strategy = Cached(name, uri, cache, drop_entries=name == "local-miss")
         settle(cache)
     else:
         strategy = S.Strategy(name, uri)
@@ -236,10 +235,11 @@ def main(argv=None):
     if args.instructions:
         with tempfile.TemporaryDirectory(prefix="txscope-cache-icount-") as tmp:
             counts = instructions(tmp)
-        lines = ["| request | unsafe | txscope | local (warm) | local / unsafe |", "|---|---:|---:|---:|---:|"]
+        lines = ["| request | unsafe | txscope | local (warm) | local (miss) | warm / unsafe | miss / txscope |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
         for w in ("read", "get"):
-            u, t, c = (counts[f"{w}/{n}"] for n in ("unsafe", "txscope", "local"))
-            lines.append(f"| {w} | {u:,.0f} | {t:,.0f} | {c:,.0f} | {c / u:.2f}x |")
+            u, t, c, m = (counts[f"{w}/{n}"] for n in ("unsafe", "txscope", "local", "local-miss"))
+            lines.append(f"| {w} | {u:,.0f} | {t:,.0f} | {c:,.0f} | {m:,.0f} | {c / u:.2f}x | {m / t:.2f}x |")
         sys.stdout.write("Instructions per request (callgrind, SQLite):\n\n" + "\n".join(lines) + "\n")
         return 0
     opts = dict(QUICK if args.quick else FULL)

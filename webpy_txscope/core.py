@@ -295,7 +295,8 @@ class ScopeManager:
 
             self.router = replicas.ReplicaRouter(
                 self.connection, settings.replicas, consistency=settings.consistency,
-                replica_wait=settings.replica_wait, max_replica_lag=settings.max_replica_lag)
+                replica_wait=settings.replica_wait, max_replica_lag=settings.max_replica_lag,
+                transaction_class=self.transaction_class)
             self._replica_begin = _driver.begin_statements(self.connection.dbName, self.isolation, True)[0]
             for replica in self.router.replicas:
                 _driver.prepare(replica.connection)
@@ -415,8 +416,12 @@ class ScopeManager:
         assert router is not None
         route: Any = scope.route
         tx: Any = scope.tx
+        # With cache=, entries served to the scope show the primary's present.
+        served = self.cache is not None and tx.cache_served
         if route is not None and route.pending:
-            route = tx.route  # None: it never reached a server
+            request, route = route, tx.route  # None: it never reached a server
+            if route is None and served:  # served entirely by the cache: the client saw the primary's present
+                route = router.primary_route(request)
         if route is None:  # nothing routed, or a script's scope: no client to give a position
             return ScopeManager.finish(self, scope, status, headers, error, retry=retry)
         if route.replica is not None and retry and router.rerun_on_primary(route, tx, error):
@@ -430,7 +435,7 @@ class ScopeManager:
             scope.route = router.primary_route(route)
             return RETRY
         if outcome is COMMITTED or outcome is ROLLED_BACK:
-            scope.position = router.position_after(route, tx.began)
+            scope.position = router.position_after(route, tx.began, served)
         return outcome
 
     @staticmethod

@@ -31,6 +31,15 @@ The router is framework-free.  When a request starts, the adapters ask
 statement, so a request that never touches the database is never routed.
 When the scope ended, the finish step asks :meth:`ReplicaRouter.position_after`
 for the client's new position cookie.
+
+With the shared cache (``cache=``), a safe-method scope's transaction is the
+cache's, routed (:func:`routed_class`).  An entry whose tokens are current
+shows everything acknowledged, so it is served before any routing, with no
+wait in either mode; a read a replica answered is never stored, as its
+snapshot may predate the tokens read before it.  An entry shows the
+primary's present: in session mode, the rest of a request that was served
+one reads on the primary, and the client leaves with the primary's position,
+so that its reads never go back in time.
 """
 
 from __future__ import annotations
@@ -285,11 +294,21 @@ class RoutedTransaction(ScopeTransaction):
     not even strong consistency's round trip to the primary.  It also
     remembers a write a replica refused: the failure a transaction keeps has
     no SQLSTATE, and that refusal is what runs the request again on the primary.
+
+    With ``cache=`` the router puts it on top of the shared cache's
+    transaction (:func:`routed_class`): the cache serves current entries
+    before any routing, and stores nothing this transaction reads on a
+    replica (:attr:`no_store`), whose snapshot may predate the tokens read
+    before the statement.
     """
 
     #: Where it runs, once its first statement chose (None before).
     route: Route | None = None
     refused_write = False
+    #: Set by the shared cache (cache=) once it served this transaction an entry.
+    cache_served = False
+    #: Why the shared cache (cache=) must store nothing this transaction reads, or "".
+    no_store = ""
 
     def __init__(self, router: ReplicaRouter, request: Request, begin: tuple[str, ...], end: tuple[str, ...],
                  replica_begin: tuple[str, ...]):
@@ -308,10 +327,18 @@ class RoutedTransaction(ScopeTransaction):
     def _checkout(self) -> Any:
         if self.route is None:
             router, request, replica_begin, allowed = self._routing
+            if allowed and self.cache_served and router.consistency == "session":
+                # The entry showed the primary's present; a replica at the client's
+                # position may be older, and a request must not go back in time.
+                allowed = False
+                router._count("primary_reads")
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("after an entry of the shared cache, the rest of the request reads on the primary")
             route = self.route = router.route(request.method, request.cookie, allowed)
             if route.replica is not None:
                 self._dbConnection = route.connection
                 self._begin = replica_begin
+                self.no_store = REPLICA_SNAPSHOT
         return super()._checkout()
 
     def _fail(self, kind: Any, error: BaseException | None) -> None:
@@ -323,15 +350,32 @@ class RoutedTransaction(ScopeTransaction):
 # ScopeTransaction's untouched attributes, and the routing.
 _ROUTED_UNTOUCHED_SIZE = len(UNTOUCHED) + 1
 
+#: Why the shared cache stores nothing a replica answered (logged at DEBUG).
+REPLICA_SNAPSHOT = "not stored: read on a replica, whose snapshot may predate the tokens read before it"
+
+
+def routed_class(base: type[ScopeTransaction]) -> type[RoutedTransaction]:
+    """The routed transaction on top of *base*, a scope's transaction class (the shared cache's with cache=).
+
+    >>> routed_class(ScopeTransaction) is RoutedTransaction
+    True
+    """
+    if base is ScopeTransaction:
+        return RoutedTransaction
+    return type(f"Routed{base.__name__}", (RoutedTransaction, base), {})
+
 
 class ReplicaRouter:
     """Chooses the server of each scope among a primary and its streaming replicas."""
 
     def __init__(self, primary: DBConnection, replicas: Iterable[Any], *, consistency: str = "session",
-                 replica_wait: float = 0.5, max_replica_lag: float | None = None):
+                 replica_wait: float = 0.5, max_replica_lag: float | None = None,
+                 transaction_class: type[ScopeTransaction] = ScopeTransaction):
         # consistency, replica_wait and max_replica_lag were checked with the
         # other options (webpy_txscope._options.Settings).
         self.primary = primary
+        #: What a safe-method scope's transaction is: *transaction_class* (the manager's), routed.
+        self.transaction_class = routed_class(transaction_class)
         self.consistency = consistency
         self.replica_wait = replica_wait
         self.max_replica_lag = max_replica_lag
@@ -436,22 +480,24 @@ class ReplicaRouter:
 
     # -- when it ended ----------------------------------------------------------------------
 
-    def position_after(self, route: Route, touched: bool) -> str | None:
+    def position_after(self, route: Route, touched: bool, served: bool = False) -> str | None:
         """The client's new position cookie value, or None to leave the cookie as it is.
 
         Session consistency only, and only after a scope that touched the
-        database: on the primary, the primary's position now (past the commit
-        just made and everything the scope read); on a replica, the replica's
-        replay position now (past everything the scope's statements saw).
-        Never lower than the client's position, unless that was beyond the
-        primary's (forged).
+        database or was *served* entries of the shared cache: on the primary,
+        the primary's position now (past the commit just made and everything
+        the scope read); on a replica, the replica's replay position now (past
+        everything the scope's statements saw).  An entry shows the primary's
+        present, so a scope served one gets the primary's position wherever it
+        ran.  Never lower than the client's position, unless that was beyond
+        the primary's (forged).
         """
-        if self.consistency != "session" or not touched:
+        if self.consistency != "session" or not (touched or served):
             return None
         try:
             # A replica that cannot say where it is now: the primary's position
             # is past anything the replica could have shown.
-            if route.replica is not None and route.replica.probe():
+            if route.replica is not None and not served and route.replica.probe():
                 position = route.replica.replayed
             else:
                 position = self._ask_primary()
@@ -500,10 +546,13 @@ class ReplicaRouter:
     def transaction(self, request: Request, begin: tuple[str, ...], end: tuple[str, ...],
                     replica_begin: tuple[str, ...]) -> RoutedTransaction:
         """The transaction of a scope for *request*, routed at its first statement."""
-        return RoutedTransaction(self, request, begin, end, replica_begin)
+        return self.transaction_class(self, request, begin, end, replica_begin)
 
-    def primary_route(self, route: Route) -> Route:
+    def primary_route(self, route: Route | Request) -> Route:
         """The same request's route, on the primary."""
+        if isinstance(route, Request):
+            return Route(self.primary, None, parse_lsn(route.cookie) if self.consistency == "session" else None,
+                         route.cookie)
         return Route(self.primary, None, route.position, route.cookie)
 
     def stats(self) -> dict[str, int]:

@@ -24,6 +24,10 @@ they read.  The rules, each tested:
   READ and SERIALIZABLE scopes bypass the cache, and so do MySQL/MariaDB
   scopes unless ``isolation="READ COMMITTED"`` is chosen: MariaDB's default is
   REPEATABLE READ.
+* **Replicas are served, never stored.**  With ``replicas=``, a transaction
+  routed to a replica is served current entries but stores nothing it read
+  there: the replica's snapshot may predate the tokens read before the
+  query.  Every scope's writes replace tokens, a GET's on the primary too.
 * **Own writes stay own.**  A transaction that wrote a table reads it from the
   database for the rest of the transaction.
 * **Failures fail loudly.**  A store that cannot be reached makes reads go to
@@ -421,6 +425,11 @@ class CachedTransaction(ScopeTransaction):
 
     _shared: SharedCache  # set on the subclass each SharedCache makes
     _cstate: _State | None = None  # made by the first statement
+    #: True once an entry was served to this transaction (read by replica routing).
+    cache_served = False
+    #: Why nothing this transaction reads may be stored, though entries may be served ("" if it may):
+    #: set by a transaction routed to a replica (webpy_txscope/replicas.py).
+    no_store = ""
 
     def _state(self) -> _State:
         state = self._cstate
@@ -493,9 +502,13 @@ class CachedTransaction(ScopeTransaction):
         entry = cache._get(key)
         if entry is not None and entry.tags == tags:
             counts["cache_hits"] += 1
+            self.cache_served = True
             return entry.value, entry
         counts["cache_misses"] += 1
         value = run(sql)
+        if self.no_store:  # known only now: the statement chose the server
+            _debug(self.no_store, sql)
+            return value, None
         if not state.pending.isdisjoint(tables):
             _debug("a write to one of its tables is pending", sql)
             return value, None
@@ -522,6 +535,7 @@ class CachedTransaction(ScopeTransaction):
         if entry is None or entry.tags != tags or entry.value is None:
             return None
         counts["cache_hits"] += 1
+        self.cache_served = True
         return entry
 
     @_per_instance

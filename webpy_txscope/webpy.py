@@ -223,7 +223,7 @@ def scope_options(isolation: str | None | Unset = UNSET, readonly: bool | Unset 
             if scope is not None:
                 scope.configure(isolation, readonly, replica)
                 if cache is False and scope.manager.cache is not None \
-                        and type(scope.tx) is scope.manager.transaction_class:
+                        and isinstance(scope.tx, scope.manager.transaction_class):
                     scope.tx.bypass_cache("@scope_options(cache=False)")
             return fn(*args, **kwargs)
 
