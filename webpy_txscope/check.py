@@ -295,8 +295,12 @@ class Options:
 class Client:
     """One simulated user: owns its rows, writes them and reads them back.
 
-    With several servers (`apis`), its requests go to them in turn, the first
-    one to server `number` (modulo their count), so that clients start apart.
+    With several servers (`apis`), its requests go to them in turn.  Each of
+    its writes starts on the server after the one of its previous write (the
+    first on server `number`, modulo their count, so that clients start
+    apart), so its rows are written through every server, and the reads after
+    a write go to the servers after it: with two servers, three of every five
+    reads are served by the other server than the write.
     """
 
     def __init__(self, number: int, apis: Sequence[Api], tally: Tally, progress: Progress,
@@ -307,6 +311,7 @@ class Client:
         self.progress = progress
         self.options = options
         self._serial = itertools.count()
+        self._writes = itertools.count(number)
         self._turn = itertools.count(number)
 
     def run(self) -> None:
@@ -351,6 +356,7 @@ class Client:
 
     def _write_and_read(self, row: Row) -> None:
         value = self._fresh_value(row, "w")
+        self._turn = itertools.count(next(self._writes))
         reply = self._send("update_user", row.id, value, expect=200)
         if reply is None:
             row.value = None
