@@ -18,6 +18,9 @@ tests never touch the ``txscope_test`` database of the other tests.
 - `private_postgres` is a PostgreSQL server of the test's own
   (tests/pg_cluster.py): the tests that end its sessions or restart it never
   touch the machine's server on 5432, which other test runs share.
+- `PrivateRedis` is a Redis server of the test's own, on a free port, that
+  keeps nothing on disk: killing and starting it again is a restart that
+  loses every key.  The machine's Redis on 6379 is never touched.
 - `record` keeps the measured figures in tests/e2e_figures.json.
 
 Nothing is skipped: a missing mod_wsgi venv or database server fails with the
@@ -763,6 +766,73 @@ class TcpProxy:
             pass
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+# -- a Redis of the test's own ---------------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class PrivateRedis:
+    """A redis-server on a free 127.0.0.1 port that keeps nothing on disk.
+
+    `kill` ends it at once (SIGKILL: no goodbye to its clients) and `start`
+    brings it back on the same port, empty; use it as a context manager to
+    start it and to kill it at the end.
+    """
+
+    def __init__(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self._dir = tempfile.TemporaryDirectory(prefix="txscope-redis-")
+        self._process: subprocess.Popen | None = None
+        self.log = Path(self._dir.name) / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> "PrivateRedis":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+        self._dir.cleanup()
+
+    def client(self):
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def start(self, timeout: float = 10.0) -> None:
+        if not os.access(REDIS_SERVER, os.X_OK):
+            pytest.fail(f"{REDIS_SERVER} not found: apt-get install redis-server", pytrace=False)
+        self._process = subprocess.Popen(
+            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", self._dir.name, "--logfile", str(self.log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.client() as client:
+                    client.ping()
+                return
+            except redis.RedisError as e:  # refused until it listens
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    self.kill()
+                    log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                    pytest.fail(f"redis-server on port {self.port} did not start ({e}):\n{log}", pytrace=False)
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
 
 
 # -- the Apache error log ---------------------------------------------------------------

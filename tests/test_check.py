@@ -300,3 +300,78 @@ def test_help_lists_the_options_and_exits_0(capsys):
         check.main(["--help"])
     assert exited.value.code == 0
     assert "--crash-every" in capsys.readouterr().out
+
+
+# -- several servers sharing one database -------------------------------------------
+
+
+@pytest.fixture
+def two_servers():
+    """Two servers in front of one FakeCookbook (one database); yields (urls, fake, writes per server)."""
+    fake = FakeCookbook()
+    writes = [0, 0]
+
+    def front(index):
+        def app(environ, start_response):
+            if environ["REQUEST_METHOD"] == "POST" and re.fullmatch(r"/api/users/\d+", environ["PATH_INFO"]):
+                writes[index] += 1
+            return fake(environ, start_response)
+        return app
+
+    with running(front(0)) as one, running(front(1)) as two:
+        yield [one, two], fake, writes
+
+
+def test_with_two_servers_writes_land_on_both_and_reads_cross_over(two_servers, capsys):
+    urls, fake, writes = two_servers
+    status, numbers = run_check(capsys, urls[0], urls[1], "--crash-every", "0")
+    assert status == check.EXIT_OK
+    assert numbers["servers"] == 2 and numbers["checks"] == ROW_ROUNDS * (1 + READS)
+    # Each client takes the servers in turn: of the reads after a write, the
+    # 1st and 3rd land on the other server; the write's own answer never does.
+    assert numbers["cross_server_checks"] == ROW_ROUNDS * 2
+    assert writes == [ROW_ROUNDS // 2, ROW_ROUNDS // 2]  # each client's writes take the servers in turn
+    assert numbers["workers_seen"] == 2 * len(WORKERS)  # a worker id of each server counts apart
+    assert fake.rows == {}
+
+
+def test_with_two_servers_the_reads_after_a_crash_cross_over_too(two_servers, capsys):
+    urls, _, _ = two_servers
+    _, numbers = run_check(capsys, *urls, "--crash-every", "1")
+    assert numbers["cross_server_checks"] == ROW_ROUNDS * 4
+
+
+def test_with_two_servers_the_report_names_both_and_the_crossings(two_servers, capsys):
+    urls, _, _ = two_servers
+    check.main([*urls, *SMALL])
+    out = capsys.readouterr().out
+    assert out.startswith(f"txscope-check {urls[0]} {urls[1]}\n")
+    assert "across servers" in out and "servers" in out
+
+
+def test_one_server_reports_no_crossing_and_keeps_its_table(serve_fake, capsys):
+    _, numbers = run_check(capsys, serve_fake())
+    assert (numbers["servers"], numbers["cross_server_checks"]) == (1, 0)
+    check.main([serve_fake(), *SMALL])
+    assert "across servers" not in capsys.readouterr().out
+
+
+def test_a_stale_server_among_two_is_caught_on_the_reads_that_cross(capsys):
+    fresh = FakeCookbook()
+    stale = FakeCookbook("stale")
+    stale.rows, stale.created = fresh.rows, fresh.created  # one database, one stale cache
+    with running(fresh) as one, running(stale) as two:
+        status = check.main([one, two, *SMALL, "--crash-every", "0", "--json"])
+    out = capsys.readouterr().out
+    # Half the reads after each write land on the stale server.
+    assert (status, json.loads(out.splitlines()[-1])["stale_reads"]) == (check.EXIT_PROBLEMS, ROW_ROUNDS * 2)
+    assert f"of {two}: " in out  # the example names the server that read stale
+
+
+def test_an_unreachable_second_server_exits_2_naming_it(serve_fake, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    status = check.main([serve_fake(), f"http://127.0.0.1:{port}", "--quiet"])
+    assert status == check.EXIT_UNUSABLE
+    assert f"cannot reach http://127.0.0.1:{port}" in capsys.readouterr().err

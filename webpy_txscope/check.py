@@ -1,6 +1,7 @@
 """txscope-check: look for stale reads in a running deployment of the cookbook.
 
     txscope-check http://127.0.0.1:8000 --clients 8 --rounds 20
+    txscope-check http://app1:8000 http://app2:8000   # several servers, one database
 
 Each client thread creates a few rows of its own (named after a prefix that
 is new for every run; the API has no lookup by name, so rows are not reused
@@ -19,6 +20,11 @@ At the end every row the run created is deleted again.  Stale reads only
 show when reads land on another server process than the write, so a run
 that saw fewer than two worker processes says so (and fails with
 ``--strict``).
+
+Given several URLs (app servers, on one host or several, that share one
+database), each client sends its requests to them in turn, so that most
+writes are read back on another server than the one that took them; the
+report counts those checks (*checks across servers*).
 
 It drives the cookbook's JSON API only (``/api/users``, ``/api/stats``) and
 uses the standard library only, so it can run from any Python next to any
@@ -67,6 +73,7 @@ class Reply:
 
     status: int
     body: Any
+    server: int = 0  # which of the URLs answered (its index)
 
 
 class Api:
@@ -76,7 +83,9 @@ class Api:
     process, and stale reads only show when reads land on other processes.
     """
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, index: int = 0) -> None:
+        self.url = url
+        self.index = index
         parts = urllib.parse.urlsplit(url)
         self._connection_class = (
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -102,7 +111,7 @@ class Api:
             raise TransportError(f"{method} {path}: {error or type(error).__name__}") from error
         finally:
             connection.close()
-        return Reply(response.status, _json_or_none(raw))
+        return Reply(response.status, _json_or_none(raw), self.index)
 
     def stats(self) -> Reply:
         return self.request("GET", "/api/stats")
@@ -162,21 +171,24 @@ class Tally:
     """Counts shared by all client threads; every change goes through the lock."""
 
     checks: int = 0
+    cross_server_checks: int = 0  # checks of a value read back on another server than the one that wrote it
     stale_reads: int = 0
     crash_writes: int = 0
     leaked_crash_writes: int = 0
     lost_writes: int = 0
     http_errors: int = 0
+    servers: int = 1
     workers: set[str] = field(default_factory=set)
     examples: list[str] = field(default_factory=list)
     first_error: str = ""
     not_deleted: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def check(self, problem: str | None, detail: str) -> None:
+    def check(self, problem: str | None, detail: str, cross_server: bool = False) -> None:
         """Count one check, and its problem if it found one."""
         with self._lock:
             self.checks += 1
+            self.cross_server_checks += cross_server
             if problem:
                 setattr(self, problem, getattr(self, problem) + 1)
                 if len(self.examples) < MAX_EXAMPLES:
@@ -195,11 +207,11 @@ class Tally:
         with self._lock:
             self.not_deleted.append(detail)
 
-    def saw(self, body: Any) -> None:
-        """Remember which worker process answered, when the answer says."""
+    def saw(self, body: Any, server: int = 0) -> None:
+        """Remember which worker process (of which server) answered, when the answer says."""
         if isinstance(body, dict) and body.get("worker") is not None:
             with self._lock:
-                self.workers.add(str(body["worker"]))
+                self.workers.add(f"{server}/{body['worker']}")
 
     def problems(self) -> int:
         return sum(getattr(self, name) for name in PROBLEMS)
@@ -252,7 +264,7 @@ class Progress:
 
 @dataclass
 class Row:
-    """A row one client owns, and the last fullname the app acknowledged.
+    """A row one client owns, the last fullname the app acknowledged and the server that did.
 
     `value` is None while the row's content is unknown (a write got no clear
     answer); the next acknowledged write makes it known again.
@@ -260,13 +272,14 @@ class Row:
 
     id: int
     value: str | None
+    written_on: int = 0
 
 
 @dataclass(frozen=True)
 class Options:
     """The command line, parsed; see `parse_args` for each option's meaning."""
 
-    url: str
+    urls: tuple[str, ...]
     clients: int
     rows_per_client: int
     rounds: int
@@ -280,15 +293,26 @@ class Options:
 
 
 class Client:
-    """One simulated user: owns its rows, writes them and reads them back."""
+    """One simulated user: owns its rows, writes them and reads them back.
 
-    def __init__(self, number: int, api: Api, tally: Tally, progress: Progress, options: Options) -> None:
+    With several servers (`apis`), its requests go to them in turn.  Each of
+    its writes starts on the server after the one of its previous write (the
+    first on server `number`, modulo their count, so that clients start
+    apart), so its rows are written through every server, and the reads after
+    a write go to the servers after it: with two servers, three of every five
+    reads are served by the other server than the write.
+    """
+
+    def __init__(self, number: int, apis: Sequence[Api], tally: Tally, progress: Progress,
+                 options: Options) -> None:
         self.number = number
-        self.api = api
+        self.apis = list(apis)
         self.tally = tally
         self.progress = progress
         self.options = options
         self._serial = itertools.count()
+        self._writes = itertools.count(number)
+        self._turn = itertools.count(number)
 
     def run(self) -> None:
         """Create this client's rows, do every round on each of them, then delete them."""
@@ -309,7 +333,7 @@ class Client:
     def _delete_row(self, row: Row) -> None:
         """Remove a row this run created; a row left behind is named in the report."""
         try:
-            reply = self.api.delete_user(row.id)
+            reply = self._next_api().delete_user(row.id)
         except TransportError as error:
             self.tally.left_behind(f"row {row.id}: {error}")
             return
@@ -318,10 +342,10 @@ class Client:
 
     def _create_row(self, index: int) -> Row | None:
         name = f"{self.options.prefix}-{self.number}-{index}"
-        reply = self._send(self.api.create_user, name, f"{name} created", expect=201)
+        reply = self._send("create_user", name, f"{name} created", expect=201)
         if reply is None or not isinstance(reply.body.get("id"), int):
             return None
-        return Row(reply.body["id"], reply.body.get("fullname"))
+        return Row(reply.body["id"], reply.body.get("fullname"), reply.server)
 
     def _crash_due(self, round_number: int) -> bool:
         every = self.options.crash_every
@@ -332,12 +356,13 @@ class Client:
 
     def _write_and_read(self, row: Row) -> None:
         value = self._fresh_value(row, "w")
-        reply = self._send(self.api.update_user, row.id, value, expect=200)
+        self._turn = itertools.count(next(self._writes))
+        reply = self._send("update_user", row.id, value, expect=200)
         if reply is None:
             row.value = None
             return
-        row.value = value
-        self._check(row, reply.body, None, "write answer")
+        row.value, row.written_on = value, reply.server
+        self._check(row, reply, None, "write answer")
         for _ in range(self.options.reads):
             self._read(row, None)
 
@@ -345,7 +370,7 @@ class Client:
         if row.value is None:
             return
         crash_value = self._fresh_value(row, "crash")
-        if self._send(self.api.crash_update, row.id, crash_value, expect=500, json_body=False) is None:
+        if self._send("crash_update", row.id, crash_value, expect=500, json_body=False) is None:
             row.value = None
             return
         self.tally.crash_write()
@@ -353,11 +378,12 @@ class Client:
             self._read(row, crash_value)
 
     def _read(self, row: Row, crash_value: str | None) -> None:
-        reply = self._send(self.api.get_user, row.id, expect=200)
+        reply = self._send("get_user", row.id, expect=200)
         if reply is not None and row.value is not None:
-            self._check(row, reply.body, crash_value, "read")
+            self._check(row, reply, crash_value, "read")
 
-    def _check(self, row: Row, body: dict, crash_value: str | None, what: str) -> None:
+    def _check(self, row: Row, reply: Reply, crash_value: str | None, what: str) -> None:
+        body = reply.body
         got = body.get("fullname")
         if not isinstance(got, str):
             self.tally.http_error(f"{what} of row {row.id} has no fullname: {body!r}")
@@ -365,21 +391,31 @@ class Client:
         assert row.value is not None  # _read checks
         problem = classify_read(got, row.value, crash_value)
         worker = body.get("worker", "?")
-        self.tally.check(problem, f"row {row.id} {what} by worker {worker}: {got!r}, expected {row.value!r}")
+        if len(self.apis) > 1:
+            worker = f"{worker} of {self.apis[reply.server].url}"
+        self.tally.check(problem, f"row {row.id} {what} by worker {worker}: {got!r}, expected {row.value!r}",
+                         cross_server=reply.server != row.written_on)
 
-    def _send(self, call: Callable[..., Reply], *args: Any, expect: int, json_body: bool = True) -> Reply | None:
-        """Make one request; count an HTTP error unless it answers `expect`.
+    def _next_api(self) -> Api:
+        return self.apis[next(self._turn) % len(self.apis)]
 
-        Returns the reply when it has the expected status (and a JSON object
-        body, unless `json_body` is False), else None.
+    def _send(self, call: str, *args: Any, expect: int, json_body: bool = True) -> Reply | None:
+        """Make one request (`call` names an `Api` method) on the next server in turn.
+
+        Counts an HTTP error unless it answers `expect`.  Returns the reply
+        when it has the expected status (and a JSON object body, unless
+        `json_body` is False), else None.
         """
-        what = f"{call.__name__}({args[0] if args else ''})"
+        api = self._next_api()
+        what = f"{call}({args[0] if args else ''})"
+        if len(self.apis) > 1:
+            what += f" on {api.url}"
         try:
-            reply = call(*args)
+            reply = getattr(api, call)(*args)
         except TransportError as error:
             self.tally.http_error(f"{what}: {error}")
             return None
-        self.tally.saw(reply.body)
+        self.tally.saw(reply.body, reply.server)
         if reply.status != expect:
             self.tally.http_error(f"{what} answered {reply.status}, expected {expect}")
             return None
@@ -403,16 +439,18 @@ def probe(api: Api, url: str) -> Reply:
     return reply
 
 
-def run(options: Options, stderr: TextIO) -> tuple[Tally, float]:
-    """Run all clients to the end; return the tally and the seconds taken."""
-    api = Api(options.url, options.timeout)
-    tally = Tally()
-    tally.saw(probe(api, options.url).body)
+def run(options: Options, stderr: TextIO, tally: Tally | None = None) -> tuple[Tally, float]:
+    """Run all clients to the end; return the tally (`tally`, or a new one) and the seconds taken."""
+    apis = [Api(url, options.timeout, index) for index, url in enumerate(options.urls)]
+    tally = Tally() if tally is None else tally
+    tally.servers = len(apis)
+    for api in apis:
+        tally.saw(probe(api, api.url).body, api.index)
     total = options.clients * options.rows_per_client * options.rounds
     progress = Progress(total, tally, stderr, live=stderr.isatty(), quiet=options.quiet)
     started = time.monotonic()
     with ThreadPoolExecutor(options.clients, thread_name_prefix="txscope-check") as pool:
-        clients = [Client(n, api, tally, progress, options) for n in range(options.clients)]
+        clients = [Client(n, apis, tally, progress, options) for n in range(options.clients)]
         for future in [pool.submit(client.run) for client in clients]:
             future.result()
     seconds = time.monotonic() - started
@@ -424,21 +462,23 @@ def summary(tally: Tally, seconds: float) -> dict:
     """The numbers the report and the --json line show."""
     return {
         "checks": tally.checks,
+        "cross_server_checks": tally.cross_server_checks,
         "stale_reads": tally.stale_reads,
         "crash_writes": tally.crash_writes,
         "leaked_crash_writes": tally.leaked_crash_writes,
         "lost_writes": tally.lost_writes,
         "http_errors": tally.http_errors,
         "workers_seen": len(tally.workers),
+        "servers": tally.servers,
         "rows_not_deleted": len(tally.not_deleted),
         "duration_s": round(seconds, 3),
         "ok": tally.checks > 0 and tally.problems() == 0,
     }
 
 
-def report(url: str, tally: Tally, numbers: dict, out: TextIO) -> None:
+def report(urls: Sequence[str], tally: Tally, numbers: dict, out: TextIO) -> None:
     """Print the summary table, then a few examples of what went wrong."""
-    rows = [
+    rows: list[tuple[str, Any]] = [
         ("checks made", numbers["checks"]),
         ("stale reads", numbers["stale_reads"]),
         ("crash writes", numbers["crash_writes"]),
@@ -448,7 +488,10 @@ def report(url: str, tally: Tally, numbers: dict, out: TextIO) -> None:
         ("workers seen", numbers["workers_seen"]),
         ("duration", f"{numbers['duration_s']:.1f} s"),
     ]
-    out.write(f"txscope-check {url}\n")
+    if numbers["servers"] > 1:
+        rows[1:1] = [("  across servers", numbers["cross_server_checks"])]
+        rows.insert(-1, ("servers", numbers["servers"]))
+    out.write(f"txscope-check {' '.join(urls)}\n")
     for label, value in rows:
         out.write(f"  {label:<20} {value:>10}\n")
     for example in tally.examples:
@@ -507,7 +550,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         epilog="Exit status: 0 clean, 1 problems found, 2 usage or connection error "
         "(or, with --strict, fewer than two workers seen).",
     )
-    parser.add_argument("url", type=_http_url, help="base URL of the deployment, e.g. http://127.0.0.1:8000")
+    parser.add_argument("urls", type=_http_url, nargs="+", metavar="URL",
+                        help="base URL of the deployment, e.g. http://127.0.0.1:8000; several URLs: app servers "
+                        "sharing one database, each client's requests go to them in turn")
     parser.add_argument("--clients", type=_positive(int), default=8, metavar="N",
                         help="concurrent clients (default: %(default)s)")
     parser.add_argument("--rows-per-client", type=_positive(int), default=2, metavar="K",
@@ -527,7 +572,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     parser.add_argument("--json", action="store_true",
                         help="also print the summary as one JSON line, last on stdout")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # URLs may come before and after the options
+    args.urls = tuple(args.urls)
     return Options(**vars(args))
 
 
@@ -540,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"txscope-check: {error}\n")
         return EXIT_UNUSABLE
     numbers = summary(tally, seconds)
-    report(options.url, tally, numbers, sys.stdout)
+    report(options.urls, tally, numbers, sys.stdout)
     if options.json:
         sys.stdout.write(json.dumps(numbers, sort_keys=True) + "\n")
     if tally.checks == 0:
