@@ -22,8 +22,8 @@ def options(backend) -> dict:
     return {"isolation": "READ COMMITTED"} if backend.kind == "mysql" else {}
 
 
-def cached_scope(backend, cache) -> txscope:
-    scope = txscope(backend.uri, cache=cache, **options(backend))
+def cached_scope(backend, cache, **extra) -> txscope:
+    scope = txscope(backend.uri, cache=cache, **options(backend), **extra)
     settled(scope.manager.cache)
     return scope
 
@@ -58,19 +58,23 @@ def test_a_repeated_page_is_served_from_the_cache_and_a_write_elsewhere_is_seen_
 
 
 @pytest.mark.usefixtures("redis_db")
-def test_a_write_the_store_cannot_mark_is_rolled_back_and_answers_500(scope, backend, caplog):
+def test_a_write_the_store_cannot_mark_is_retried_rolled_back_and_answers_503(scope, backend, caplog):
     proxy = TcpProxy(6379)
     proxy.open()
     try:
-        app = user_app(cached_scope(backend, f"redis://127.0.0.1:{proxy.port}/11"))
+        app = user_app(cached_scope(backend, f"redis://127.0.0.1:{proxy.port}/11", attempts=2, retry_after=7))
         proxy.close()
         assert app.request("/user/2").data == b"Full 2"  # reads go to the database
         answer = app.request("/rename/2", method="POST", data={"fullname": "refused"})
     finally:
         proxy.close()
-    assert answer.status.startswith("500")
+    assert answer.status.startswith("503") and answer.headers["Retry-After"] == "7"
+    assert answer.data == (b"A service this site needs is unavailable and nothing of this request was kept; "
+                           b"please try again shortly.\n")
     assert backend.fullname(2) == "Full 2"
     assert "the write was rolled back" in caplog.text
+    assert "retrying (attempt 2 of 2)" in caplog.text  # the store may be back for the next attempt
+    assert "database is unreachable" not in caplog.text.lower()  # the database is fine
 
 
 @pytest.mark.usefixtures("redis_db")
@@ -93,6 +97,8 @@ def test_a_commit_whose_invalidation_failed_answers_500_not_the_success(scope, b
     finally:
         proxy.close()
     assert answer.status.startswith("500")
+    assert answer.data == (b"The changes were saved, but the request could not be completed. "
+                           b"Reload the page to see them.\n")
     assert backend.fullname(1) == "new"  # durable: only the answer says it was not fine
     assert "the write was committed, but" in caplog.text
     assert other.request("/user/1").data == b"new"

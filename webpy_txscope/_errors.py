@@ -95,6 +95,22 @@ MESSAGES = (
 )
 
 
+class ServiceUnavailable(Exception):
+    """Something the scope needs besides the database is unreachable, so nothing was committed.
+
+    Retried like a transient error while attempts are left, then answered
+    503 with ``Retry-After``, without counting the database as down.
+    """
+
+
+class CommittedUnconfirmed(Exception):
+    """COMMIT succeeded, but a step the answer depends on failed after it.
+
+    The changes were kept: the answer is an error that says so, never a
+    success, and never "nothing was kept".
+    """
+
+
 class ConfigurationError(ValueError):
     """The scope was configured with something that cannot work.
 

@@ -8,25 +8,32 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from .core import UNAVAILABLE, Outcome, ScopeManager
+from .core import UNAVAILABLE, Outcome, Scope, ScopeManager
 
 Answer = tuple[str, list[tuple[str, str]], str]
 
 
-def failure_answer(manager: ScopeManager, outcome: Outcome) -> Answer:
+def failure_answer(manager: ScopeManager, outcome: Outcome, scope: Scope | None = None) -> Answer:
     """``(status, headers, text)`` in place of the application's answer when *outcome* failed.
 
-    An unreachable database is a 503 with ``Retry-After``, which tells
-    clients and load balancers when to ask again instead of a 500 that looks
-    like a bug; a commit that did not happen is a 500 that never claims the
-    changes were kept.
+    An unreachable database (or shared-cache store, for a write) is a 503
+    with ``Retry-After``, which tells clients and load balancers when to ask
+    again instead of a 500 that looks like a bug.  A commit that did not
+    happen is a 500 that never claims the changes were kept; one that
+    happened but could not be confirmed (*scope*'s ``kept``) is a 500 that
+    never claims they were lost.
     """
+    text = [("Content-Type", "text/plain; charset=utf-8")]
     if outcome is UNAVAILABLE:
-        return ("503 Service Unavailable",
-                [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", str(manager.retry_after))],
-                "The database is unavailable; please try again shortly.\n")
-    return ("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")],
-            "The changes could not be saved; nothing of this request was kept.\n")
+        # A connection lost during COMMIT may have kept the changes: only a service's outage says "not kept".
+        said = "A service this site needs is unavailable and nothing of this request was kept" \
+            if scope is not None and scope.service_down else "The database is unavailable"
+        return ("503 Service Unavailable", text + [("Retry-After", str(manager.retry_after))],
+                f"{said}; please try again shortly.\n")
+    if scope is not None and scope.kept:
+        return ("500 Internal Server Error", text,
+                "The changes were saved, but the request could not be completed. Reload the page to see them.\n")
+    return ("500 Internal Server Error", text, "The changes could not be saved; nothing of this request was kept.\n")
 
 
 class RequestBody:

@@ -25,7 +25,8 @@ from sqlobject import sqlhub
 from sqlobject.dbconnection import DBConnection
 
 from . import _driver, _metrics
-from ._errors import DISCONNECT, TRANSIENT, ConfigurationError, DatabaseUnavailable, ErrorKind, classify
+from ._errors import (DISCONNECT, TRANSIENT, CommittedUnconfirmed, ConfigurationError, DatabaseUnavailable, ErrorKind,
+                      ServiceUnavailable, classify)
 from ._options import UNSET, Settings, Unset, normalize_isolation
 from ._policy import Headers, Status, default_commit_veto, strict_commit_veto
 from ._tx import UNTOUCHED_SIZE, Failure, ScopeTransaction
@@ -136,7 +137,8 @@ class Scope:
     """
 
     __slots__ = ("manager", "tx", "hooks", "doomed", "started", "attempt", "isolation", "readonly",
-                 "problem", "unscoped_body", "route", "position", "_prev", "_outer", "_bound", "_state")
+                 "problem", "kept", "service_down", "unscoped_body", "route", "position", "_prev", "_outer",
+                 "_bound", "_state")
 
     def __init__(self, manager: ScopeManager, attempt: int = 1, route: Route | Request | None = None):
         self.manager = manager
@@ -154,6 +156,8 @@ class Scope:
         self.isolation = manager.isolation
         self.readonly = manager.readonly
         self.problem: str | None = None
+        self.kept = False  # the last finish committed, though it failed after COMMIT (CommittedUnconfirmed)
+        self.service_down = False  # the last finish did not commit: a service besides the database was down
         self.unscoped_body = False  # set by @no_scope when its handler returned a generator
         self._prev: Any = _MISSING
         self._outer: Scope | None = None
@@ -369,6 +373,7 @@ class ScopeManager:
         if self.end_if_untouched(scope):
             return UNTOUCHED
         scope.problem = None
+        scope.kept = scope.service_down = False
         kind = self._failure_kind(scope, error)
         if kind is TRANSIENT and retry and scope.attempt < self.attempts:
             self._roll_back(scope, "transient error")
@@ -406,6 +411,8 @@ class ScopeManager:
         self._count(scope, "failed", f"commit failed: {failure.summary}")
         if failure.kind is DISCONNECT:
             return self._unavailable(scope)
+        if scope.service_down:
+            return UNAVAILABLE  # 503, but the database is not down: nothing to note for it
         return COMMIT_FAILED
 
     def _finish_routed(self, scope: Scope, status: Status | Unset = UNSET, headers: Headers = None,
@@ -508,6 +515,9 @@ class ScopeManager:
             except Exception as e:
                 tx.rollback()
                 kind = tx.failure.kind if tx.failure is not None else classify(e)
+                if isinstance(e, ServiceUnavailable):  # nothing was sent to COMMIT: as transient
+                    kind, scope.service_down = TRANSIENT, True
+                scope.kept = isinstance(e, CommittedUnconfirmed)
                 return Failure(kind, self._safe(e))
         finally:
             scope.unbind()

@@ -52,7 +52,7 @@ from sqlobject.cache import CacheFactory, CacheSet
 
 from . import _driver, _metrics
 from ._cachestore import ALL_TABLES, StoreUnavailable, open_store
-from ._errors import ConfigurationError
+from ._errors import CommittedUnconfirmed, ConfigurationError, ServiceUnavailable
 from ._sqltables import BEGIN, NEUTRAL, READ, WRITE, classify_sql
 from ._tx import ScopeTransaction, _per_instance
 
@@ -66,11 +66,11 @@ _IMMUTABLE = (int, float, str, bytes, bool, type(None), decimal.Decimal, datetim
               datetime.timedelta, uuid.UUID)
 
 
-class CacheUnavailable(Exception):
-    """A write could not be marked in the shared store, so it was not committed."""
+class CacheUnavailable(ServiceUnavailable):
+    """A write could not be marked in the shared store, so it was not committed (answered 503)."""
 
 
-class InvalidationFailed(Exception):
+class InvalidationFailed(CommittedUnconfirmed):
     """COMMIT succeeded but the shared store did not take the second replacement.
 
     The write is durable; other processes may not store entries for its tables

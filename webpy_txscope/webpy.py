@@ -125,7 +125,7 @@ class txscope:
                     continue
                 if route is not None and scope.position:
                     web.header(*set_cookie(scope.position))
-                raise _failed(manager, outcome) or answer
+                raise _failed(manager, outcome, scope) or answer
             except BaseException as e:  # KeyboardInterrupt, SystemExit
                 manager.finish(scope, error=e, retry=False)
                 raise
@@ -142,7 +142,7 @@ class txscope:
                 replay.reset(ctx)  # type: ignore[union-attr]
                 continue
             if outcome.failed:
-                raise _failed(manager, outcome)  # type: ignore[misc]
+                raise _failed(manager, outcome, scope)  # type: ignore[misc]
             if route is not None and scope.position:
                 web.header(*set_cookie(scope.position))
             return result
@@ -152,11 +152,11 @@ def _is_crash(status: str) -> bool:
     return status[:1] == "5"
 
 
-def _failed(manager: ScopeManager, outcome: Outcome) -> web.HTTPError | None:
+def _failed(manager: ScopeManager, outcome: Outcome, scope: Scope) -> web.HTTPError | None:
     """The answer that replaces the handler's when *outcome* failed."""
     if not outcome.failed:
         return None
-    status, headers, text = failure_answer(manager, outcome)
+    status, headers, text = failure_answer(manager, outcome, scope)
     web.ctx.headers = []
     return web.HTTPError(status, dict(headers), text)
 
@@ -194,7 +194,7 @@ class _WebpyBody(ScopedBody):
 
     def failed(self, outcome: Outcome, scope: Scope) -> BaseException:
         if not self.delivered:  # web.py has not sent the status yet: it sends this answer instead
-            return _failed(scope.manager, outcome) or CommitFailed(scope.problem)
+            return _failed(scope.manager, outcome, scope) or CommitFailed(scope.problem)
         return CommitFailed(f"the commit did not succeed: {scope.problem}")
 
 

@@ -117,7 +117,7 @@ class TxScopeMiddleware:
                     replay.reset(environ)  # type: ignore[union-attr]
                     continue
                 if outcome is UNAVAILABLE and not server.written and isinstance(e, Exception):
-                    return server.answer(failure_answer(manager, outcome))
+                    return server.answer(failure_answer(manager, outcome, scope))
                 raise
             if chunks is not None:
                 return _WsgiBody(scope, response, body, chunks)
@@ -135,7 +135,7 @@ class TxScopeMiddleware:
             if outcome.failed:
                 if server.written:  # write() already sent part of the body: only an abort can tell
                     raise CommitFailed(f"the commit did not succeed: {scope.problem}")
-                return server.answer(failure_answer(manager, outcome))
+                return server.answer(failure_answer(manager, outcome, scope))
             if route is not None and scope.position and not server.written:
                 # The server has the headers but sent nothing yet: they are given again, with the cookie.
                 server.start(response.status, response.headers + [set_cookie(scope.position)])  # type: ignore
