@@ -30,7 +30,9 @@ from hypothesis import strategies as st
 from sqlobject import SQLObject, StringCol, sqlhub
 from sqlobject.sqlite.sqliteconnection import SQLiteConnection
 
-from webpy_txscope import TxScopeMiddleware, current_scope, doom, no_scope, on_commit, scope_options, txscope
+from webpy_txscope import (TxScopeMiddleware, current_scope, doom, invalidate, no_scope, on_commit, scope_options,
+                           txscope)
+from webpy_txscope._sqltables import WRITE, classify_sql
 
 PG_ADMIN = dict(host="127.0.0.1", user="postgres", dbname="postgres")
 #: Sessions of the test's own database that may sit idle in the pool (SQLObject
@@ -53,6 +55,9 @@ class Database:
 
     def __init__(self, kind: str, tmpdir: str):
         self.kind = kind
+        #: The shared cache the apps read through, if any: this client's writes invalidate it,
+        #: as a cron job's must (README, "Writes from outside the package").
+        self.cache = None
         if kind == "sqlite":
             self.path = os.path.join(tmpdir, "model.db")
             # Foreign keys are per SQLite connection: every connection SQLObject
@@ -96,7 +101,11 @@ class Database:
         if self.kind != "sqlite":
             sql = sql.replace("?", "%s")
         cur.execute(sql, params)
-        return cur.fetchall() if cur.description else []
+        rows = cur.fetchall() if cur.description else []
+        what, tables = classify_sql(sql)
+        if self.cache is not None and what == WRITE:
+            invalidate(*tables, cache=self.cache)
+        return rows
 
     def reset(self) -> None:
         self.execute("DELETE FROM txscope_model_rows")
@@ -878,10 +887,14 @@ def _wsgi_body(program: Program, env: RealEnv):
 
 
 class Apps:
-    """Per number of attempts: a txscope, a web.py app with it, and a WSGI app behind TxScopeMiddleware."""
+    """Per number of attempts: a txscope, a web.py app with it, and a WSGI app behind TxScopeMiddleware.
+
+    With *db*'s ``cache`` set, every scope reads through that shared cache:
+    the model stays the same, as the cache must change no answer.
+    """
 
     def __init__(self, db: Database):
-        self.scopes = {n: txscope(db.connection, attempts=n, retry_backoff=0) for n in (1, 2, 3)}
+        self.scopes = {n: txscope(db.connection, attempts=n, retry_backoff=0, cache=db.cache) for n in (1, 2, 3)}
         self.webpy = {}
         self.wsgi = {}
         variants = {"plain": lambda fn: fn, "noscope": no_scope}

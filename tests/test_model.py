@@ -19,6 +19,7 @@ README.org, "Model-based test").
 
 import gc
 import os
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -27,16 +28,22 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 from sqlobject import sqlhub
 
 from model_support import Apps, Database, Run, predict, programs
-from webpy_txscope import current_scope, stats
+from webpy_txscope import SharedCache, current_scope, stats
 
 EXAMPLES = int(os.environ.get("TXSCOPE_MODEL_EXAMPLES", "80"))
 STEPS = int(os.environ.get("TXSCOPE_MODEL_STEPS", "8"))
 _ABSENT = object()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "sqlite+cache", "postgres+cache"])
 def database(request, tmp_path_factory):
-    db = Database(request.param, str(tmp_path_factory.mktemp("model")))
+    kind, _, cached = request.param.partition("+")
+    tmp = str(tmp_path_factory.mktemp("model"))
+    db = Database(kind, tmp)
+    if cached:  # the same model through the shared cache: it must change no answer
+        db.cache = SharedCache(f"local:{os.path.join(tmp, 'tokens')}", lease=0.05)
+        while db.cache.store.read(("txscope_model_rows",))[1]:  # the new store's warm-up lease
+            time.sleep(0.01)
     yield db
     sqlhub.threadingLocal.__dict__.pop("connection", None)
     db.close()
@@ -136,6 +143,7 @@ def _compare_hooks(fired: list[str], expected: list[str]) -> list[str]:
 
 def test_request_sequences_follow_the_model(database):
     apps = Apps(database)
+    hits = stats()["cache_hits"]
     run_state_machine_as_test(
         machine_for(database, apps),
         settings=settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
@@ -143,3 +151,5 @@ def test_request_sequences_follow_the_model(database):
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                  HealthCheck.filter_too_much]),
     )
+    if database.cache is not None:
+        assert stats()["cache_hits"] > hits, "the shared cache served nothing: the run did not exercise it"
