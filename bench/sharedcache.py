@@ -3,7 +3,7 @@
     python bench/sharedcache.py                 # SQLite and PostgreSQL, about 3 minutes
     python bench/sharedcache.py --quick         # a smoke run of the same steps
     python bench/sharedcache.py --backends sqlite,postgres,mysql
-    python bench/sharedcache.py --http          # and over HTTP: about 3.5 more minutes per database
+    python bench/sharedcache.py --http          # and over HTTP: about 3 more minutes per database
     python bench/sharedcache.py --instructions  # callgrind counts on SQLite only, about 2 minutes
 
 Same application, requests and timing as ``bench/run.py`` (each request
