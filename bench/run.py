@@ -291,25 +291,38 @@ def http_throughput(uri, opts):
     return {name: {"median_rps": statistics.median(v), "samples": v} for name, v in samples.items()}
 
 
-def load(url, seconds, connections=8):
-    """Requests per second answered with 200 in *seconds* of load on *url*."""
+def load(url, seconds, connections=8, paths=None):
+    """Requests per second answered with 200 in *seconds* of load on *url*.
+
+    With *paths*, each client sends them in turn to *url*'s server instead.
+    """
     wrk = shutil.which("wrk")
     if wrk:
-        out = subprocess.run([wrk, "-t2", "-c%d" % connections, "-d%ds" % max(1, round(seconds)), url],
-                             capture_output=True, text=True, check=True).stdout
+        command = [wrk, "-t2", "-c%d" % connections, "-d%ds" % max(1, round(seconds)), url]
+        with tempfile.TemporaryDirectory(prefix="txscope-wrk-") as tmp:
+            if paths:
+                # wrk runs this in each of its threads: each one walks the paths on its own.
+                script = os.path.join(tmp, "paths.lua")
+                with open(script, "w") as f:
+                    f.write("local paths = {%s}\nlocal i = 0\nrequest = function()\n"
+                            "  i = i %% #paths + 1\n  return wrk.format(nil, paths[i])\nend\n"
+                            % ", ".join(json.dumps(p) for p in paths))
+                command[1:1] = ["-s", script]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         if "Non-2xx" in out or "Socket errors" in out:
             raise RuntimeError("wrk saw errors:\n" + out)
         for line in out.splitlines():
             if line.startswith("Requests/sec:"):
                 return float(line.split()[1])
         raise RuntimeError("no Requests/sec in wrk's output:\n" + out)
-    return _python_load(url, seconds, connections)
+    return _python_load(url, seconds, connections, paths)
 
 
-def _python_load(url, seconds, connections):
+def _python_load(url, seconds, connections, paths=None):
     import http.client
 
     parts = urlsplit(url)
+    paths = list(paths or [parts.path])
     deadline = time.monotonic() + seconds
     counts = [0] * connections
     errors = []
@@ -318,7 +331,7 @@ def _python_load(url, seconds, connections):
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         try:
             while time.monotonic() < deadline:
-                conn.request("GET", parts.path)
+                conn.request("GET", paths[(i + counts[i]) % len(paths)])
                 response = conn.getresponse()
                 response.read()
                 if response.status != 200:

@@ -1,7 +1,7 @@
 """A read-mostly mix on the shared cache from several processes: hit ratio and stale reads.
 
     python bench/sharedcache_mix.py                         # PostgreSQL, cache="local"
-    python bench/sharedcache_mix.py --cache redis://127.0.0.1:6379/11
+    python bench/sharedcache_mix.py --cache redis://127.0.0.1:6379/13
     python bench/sharedcache_mix.py --no-invalidate         # proof that the checker sees stale reads
 
 Each of ``--processes`` processes runs ``--ops`` units of work in scopes of
