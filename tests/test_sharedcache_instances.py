@@ -15,7 +15,7 @@ from sqlobject import JSONCol, SQLObject, StringCol, sqlhub
 
 from models import User
 from test_sharedcache import make_cache, tx
-from webpy_txscope import _driver
+from webpy_txscope import _driver, sharedcache
 
 
 def entry_of_get(cache, user_id):
@@ -176,3 +176,21 @@ def test_a_value_that_could_be_changed_in_place_is_never_shared(scope, backend, 
     assert [d.data for d in Doc.select(orderBy="id", connection=t)] == [{"n": 1}, {"n": 2}]
     assert Doc.get(2, connection=t).data == {"n": 2}
     t.commit(close=True)
+
+
+def test_a_select_reads_the_store_once_per_transaction_hit_or_miss(scope, backend, tmp_path):
+    """A miss builds its instances from the rows it read: it looks for no Model.get entry per row."""
+    cache = make_cache(f"local:{tmp_path / 'tokens'}")
+    reads = []
+    read = cache.store.read
+    cache.store.read = lambda tables: reads.append(tuple(tables)) or read(tables)
+    before = dict(sharedcache.counts)
+    try:
+        for _ in range(2):  # a miss, then a hit
+            t = tx(cache, scope, backend)
+            assert [u.fullname for u in User.select(orderBy="id", connection=t)] == ["Full 1", "Full 2", "Full 3"]
+            t.commit(close=True)
+    finally:
+        del cache.store.read
+    assert reads == [("users", "users#select", "*")] * 2
+    assert [sharedcache.counts[k] - before[k] for k in ("cache_misses", "cache_hits")] == [1, 1]

@@ -271,7 +271,7 @@ class _EntryCacheSet(CacheSet):
 
     def _copy(self, id, cls):
         tx = self._tx()
-        if _driver.clonable(cls) is None or tx is None or tx._obsolete:
+        if tx is None or tx._from_rows or tx._obsolete or _driver.clonable(cls) is None:
             return None
         entry = tx._current_row(cls, id)
         if entry is None:
@@ -427,6 +427,7 @@ class CachedTransaction(ScopeTransaction):
     _cstate: _State | None = None  # made by the first statement
     #: True once an entry was served to this transaction (read by replica routing).
     cache_served = False
+    _from_rows = False  # while _instances builds instances from a select's rows
     #: Why nothing this transaction reads may be stored, though entries may be served ("" if it may):
     #: set by a transaction routed to a replica (webpy_txscope/replicas.py).
     no_store = ""
@@ -494,7 +495,7 @@ class CachedTransaction(ScopeTransaction):
         return tuple(tokens[t] for t in tables)
 
     def _cached(self, state: _State, kind: str, key, tables, sql, run):
-        """The result of *sql*, and the entry that holds it now (None if it was not cached)."""
+        """The result of *sql*, and the current entry it was served from (None if it was not: a miss, a bypass)."""
         tags = self._tags(state, tables, sql)
         if tags is None:
             return run(sql), None
@@ -520,7 +521,8 @@ class CachedTransaction(ScopeTransaction):
         if frozen is None:
             _debug("a value could be changed in place", sql)
             return value, None
-        return value, cache._put(key, tables, tags, frozen[0] if kind == "one" else frozen)
+        cache._put(key, tables, tags, frozen[0] if kind == "one" else frozen)
+        return value, None  # instances of a miss are built as usual: copying pays from the first hit on
 
     def _current_row(self, cls, row_id):
         """A current entry's row of ``cls.get(row_id)``, or None (then ``get()`` reads as it always does)."""
@@ -639,6 +641,7 @@ class CachedTransaction(ScopeTransaction):
         own = postponed is not None and "postponed_calls" not in postponed
         if own:
             calls = postponed["postponed_calls"] = []
+        self._from_rows = not lazy  # get() has the row: no Model.get entry to look for
         try:
             out = []
             for row in rows:
@@ -650,6 +653,7 @@ class CachedTransaction(ScopeTransaction):
                     out.append(cls.get(row[0], selectResults=row[1:], connection=self))
             return out
         finally:
+            self._from_rows = False
             if own:
                 try:
                     for call in calls:
