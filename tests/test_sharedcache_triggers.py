@@ -268,6 +268,20 @@ def test_a_listening_scope_marks_its_transaction_once_before_its_first_write_and
     assert sent.index(MARK) < min(i for i, s in enumerate(sent) if s.startswith("UPDATE"))
 
 
+def test_a_mark_undone_with_a_savepoint_is_sent_again_before_the_next_write(watched, pg, spec, listeners):
+    cache = listening(listeners, spec, pg.uri)
+    since = counted("cache_trigger_invalidations")
+    t = cache.transaction_class(open_connection(pg.uri))
+    point = t.savepoint()
+    User.get(1, connection=t).fullname = "undone"
+    t.rollback_to(point)  # undoes the write and the SET LOCAL sent before it
+    User.get(2, connection=t).fullname = "kept"
+    t.commit(close=True)
+    sentinel(pg)
+    assert since() == 1, "the write after the savepoint was announced: its transaction was no longer marked"
+    assert (read(cache, pg.uri, 1), read(cache, pg.uri, 2)) == ("Full 1", "kept")
+
+
 def test_a_write_a_trigger_makes_under_a_package_write_is_announced(watched, pg, spec, listeners):
     # The package sees its UPDATE of users, not the row a user's trigger adds to another table.
     pg.sql("DROP TABLE IF EXISTS audit")
