@@ -248,7 +248,7 @@ def test_the_packages_own_write_is_not_announced_and_keeps_the_other_rows_entrie
     assert read(cache, pg.uri, 1) == "new"
 
 
-def test_a_listening_scope_marks_its_transaction_once_before_its_first_write_and_never_for_reads(
+def test_a_listening_scope_names_the_table_it_writes_once_before_its_first_write_and_never_for_reads(
         watched, pg, spec, listeners):
     cache = listening(listeners, spec, pg.uri)
     sent: list[str] = []
@@ -261,7 +261,7 @@ def test_a_listening_scope_marks_its_transaction_once_before_its_first_write_and
     ScopeTransaction.query = spy
     try:
         assert read(cache, pg.uri) == "Full 1"
-        marks_for_a_read = sent.count(MARK)
+        marks_for_a_read = sum(s.startswith("SELECT set_config") for s in sent)
         t = cache.transaction_class(open_connection(pg.uri))
         User.get(1, connection=t).fullname = "a"
         User.get(2, connection=t).fullname = "b"
@@ -269,9 +269,10 @@ def test_a_listening_scope_marks_its_transaction_once_before_its_first_write_and
         t.commit(close=True)
     finally:
         ScopeTransaction.query = original
+    marks = [i for i, s in enumerate(sent) if s == MARK.format("'users'")]
     assert marks_for_a_read == 0
-    assert sent.count(MARK) == 1
-    assert sent.index(MARK) < min(i for i, s in enumerate(sent) if s.startswith("UPDATE"))
+    assert len(marks) == 1 and sum(s.startswith("SELECT set_config") for s in sent) == 1
+    assert marks[0] < min(i for i, s in enumerate(sent) if s.startswith("UPDATE"))
 
 
 def test_a_mark_undone_with_a_savepoint_is_sent_again_before_the_next_write(watched, pg, spec, listeners):
@@ -298,22 +299,63 @@ def test_a_write_a_trigger_makes_under_a_package_write_is_announced(watched, pg,
     try:
         install_cache_triggers(pg.uri, "audit")
         cache = listening(listeners, spec, pg.uri)
-        audited = [_audit_count(cache, pg.uri) for _ in range(2)]
+        audited = [_count(cache, pg.uri, "audit") for _ in range(2)]
         assert audited == [0, 0]
         since = counted("cache_trigger_invalidations")
         rename(cache, pg.uri, "new")
         announced(since)
-        assert _audit_count(cache, pg.uri) == 1
+        assert _count(cache, pg.uri, "audit") == 1
     finally:
         pg.sql("DROP TRIGGER IF EXISTS audit_users ON users")
         pg.sql("DROP TABLE IF EXISTS audit")
         pg.sql("DROP FUNCTION IF EXISTS audit_users()")
 
 
-def _audit_count(cache, uri) -> int:
+def test_rows_of_the_same_table_a_trigger_writes_under_a_package_write_are_announced(
+        watched, pg, spec, listeners):
+    # The package replaces row 1's token; the trigger (depth 2) changes row 2 of the same table.
+    pg.sql("CREATE OR REPLACE FUNCTION follow_user_1() RETURNS trigger LANGUAGE plpgsql AS "
+           "$$ BEGIN UPDATE users SET fullname = 'follows ' || NEW.fullname WHERE id = 2; RETURN NULL; END $$")
+    pg.sql("CREATE TRIGGER follow_user_1 AFTER UPDATE ON users FOR EACH ROW WHEN (NEW.id = 1) "
+           "EXECUTE FUNCTION follow_user_1()")
+    try:
+        cache = listening(listeners, spec, pg.uri)
+        assert [read(cache, pg.uri, 2) for _ in range(2)] == ["Full 2", "Full 2"]
+        since = counted("cache_trigger_invalidations")
+        rename(cache, pg.uri, "new")
+        announced(since)
+        assert read(cache, pg.uri, 2) == "follows new"
+    finally:
+        pg.sql("DROP TRIGGER IF EXISTS follow_user_1 ON users")
+        pg.sql("DROP FUNCTION IF EXISTS follow_user_1()")
+
+
+def test_rows_a_cascade_deletes_under_a_package_write_are_announced(watched, pg, spec, listeners):
+    pg.sql("DROP TABLE IF EXISTS kids")
+    pg.sql("DROP TABLE IF EXISTS moms")
+    pg.sql("CREATE TABLE moms (id INT PRIMARY KEY)")
+    pg.sql("CREATE TABLE kids (id INT PRIMARY KEY, mom INT REFERENCES moms (id) ON DELETE CASCADE)")
+    pg.sql("INSERT INTO moms VALUES (1)")
+    pg.sql("INSERT INTO kids VALUES (1, 1), (2, 1)")
+    try:
+        install_cache_triggers(pg.uri, "moms", "kids")
+        cache = listening(listeners, spec, pg.uri)
+        assert [_count(cache, pg.uri, "kids") for _ in range(2)] == [2, 2]
+        since = counted("cache_trigger_invalidations")
+        t = cache.transaction_class(open_connection(pg.uri))
+        t.query("DELETE FROM moms WHERE id = 1")  # the package sees a write of moms only
+        t.commit(close=True)
+        announced(since)
+        assert _count(cache, pg.uri, "kids") == 0
+    finally:
+        pg.sql("DROP TABLE IF EXISTS kids")
+        pg.sql("DROP TABLE IF EXISTS moms")
+
+
+def _count(cache, uri, table) -> int:
     t = cache.transaction_class(open_connection(uri))
     try:
-        return t.queryOne("SELECT COUNT(*) FROM audit")[0]
+        return t.queryOne(f"SELECT COUNT(*) FROM {table}")[0]
     finally:
         t.commit(close=True)
 

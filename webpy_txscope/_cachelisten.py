@@ -19,9 +19,11 @@ the announced tables' tokens in the store.  The rules, each tested:
   The first connect of a process only drops the entries it inherited from its
   parent (a fork): nobody in it read tokens before.
 * **The package's own writes stay precise.**  A cached scope that listens
-  sends ``SET LOCAL txscope.cached = 'on'`` before its first write; the
-  trigger stays silent for that transaction's own statements (it replaces its
-  rows' tokens itself), but not for what triggers or cascades write under them.
+  names the tables it writes in ``txscope.cached`` (``set_config(...,
+  true)``: this transaction only) before its first write of each; the trigger
+  stays silent for its statements on those tables (it replaces their rows'
+  tokens itself), but not for other tables a cascade or a trigger writes, nor
+  for what a trigger writes under its statements.
 * **A window, measured.**  Between the outside COMMIT and the listener's
   replacement, a reader may still be served the old entry (README.org gives
   the measured figure).  A program that needs the strict guarantee calls
@@ -40,9 +42,10 @@ import weakref
 from typing import Any
 
 from sqlobject.dbconnection import DBConnection
+from sqlobject.sqlbuilder import sqlrepr
 
 from . import _driver, _metrics
-from ._cachestore import StoreUnavailable
+from ._cachestore import ALL_TABLES, StoreUnavailable
 from ._errors import ConfigurationError
 from ._sqltables import WRITE
 from ._tx import ScopeTransaction
@@ -53,15 +56,17 @@ log = logging.getLogger("webpy_txscope")
 
 CHANNEL = "txscope_cache"
 TRIGGER = "txscope_cache_notify"  # the trigger on each table, and the function it runs
-#: Sent by a listening cached scope before its first write: its statements replace their own tokens.
-MARK = "SET LOCAL txscope.cached = 'on'"
+#: Sent by a listening cached scope before it first writes a table: the tables whose tokens it replaces itself.
+MARK = "SELECT set_config('txscope.cached', {}, true)"
 
 _FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $txscope$
 BEGIN
-  -- A cached scope of webpy_txscope replaces the tokens of what it writes itself, row by
-  -- row; what a trigger or a cascade writes under its statements (depth > 1) it never saw.
-  IF pg_trigger_depth() > 1 OR current_setting('txscope.cached', true) IS DISTINCT FROM 'on' THEN
+  -- A cached scope of webpy_txscope names in txscope.cached the tables whose tokens it
+  -- replaces itself, row by row.  Announced: every other table (a cascade, a trigger's
+  -- writes to another table) and what a trigger writes under its statements (depth > 1).
+  IF pg_trigger_depth() > 1 OR NOT coalesce(
+      lower(TG_TABLE_NAME) = ANY (string_to_array(current_setting('txscope.cached', true), ',')), false) THEN
     PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME);
   END IF;
   RETURN NULL;
@@ -170,27 +175,32 @@ def _version(t) -> int:
 
 
 class MarkingTransaction(CachedTransaction):
-    """A cached transaction that tells the triggers its writes replace their own tokens."""
+    """A cached transaction that tells the triggers which tables' tokens its writes replace."""
 
-    _marked = False
+    _marked: frozenset = frozenset()
 
-    def _mark(self) -> None:
-        ScopeTransaction.query(self, MARK)  # before the write, in its transaction
-        self._marked = True
+    def _mark(self, tables) -> None:
+        # Before the write, in its transaction.  A name with a comma would name two
+        # tables in the list: such a table is simply announced too.
+        names = self._marked.union(t for t in tables if t != ALL_TABLES and "," not in t)
+        if names != self._marked:
+            ScopeTransaction.query(self, MARK.format(sqlrepr(",".join(sorted(names)), "postgres")))
+            self._marked = frozenset(names)
 
     def _note(self, state, what, tables, sql):
-        if what is WRITE and not self._marked:
-            self._mark()
+        if what is WRITE and not self._marked.issuperset(tables):
+            self._mark(tables)
         CachedTransaction._note(state, what, tables, sql)
 
     def queryInsertID(self, soInstance, id, names, values):
-        if not self._marked:
-            self._mark()
+        table = _table_of(soInstance)
+        if table not in self._marked:
+            self._mark((table,))
         return super().queryInsertID(soInstance, id, names, values)
 
     def rollback_to(self, point):
         super().rollback_to(point)
-        self._marked = False  # a SET LOCAL inside the undone savepoint is undone with it
+        self._marked = frozenset()  # a set_config inside the undone savepoint is undone with it
 
 
 # -- listening ------------------------------------------------------------------------------
