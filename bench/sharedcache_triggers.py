@@ -12,8 +12,9 @@ port, it measures:
   the table's token, with "local" and Redis, in an idle process and in one
   whose 4 threads serve cached reads without pause (they hold the GIL);
 * **a write request's added cost**: a cached scope's write (a ``Model.get``,
-  an attribute set, COMMIT) with ``listen=True`` (one ``SET LOCAL`` more)
-  against the same without, medians of alternating batches;
+  an attribute set, COMMIT) with ``listen=True`` (one ``set_config`` more)
+  against the same without, alternating, medians; and the ``set_config``
+  statement alone;
 * **an outside write's added cost**: a one-row ``UPDATE`` with the trigger
   against without it;
 * **what marking saves**: the hit ratio of a read-mostly mix (95% reads of
@@ -156,9 +157,12 @@ class Recording:
 def get(cache, connection, item_id):
     t = cache.transaction_class(connection)
     try:
-        return TrigItem.get(item_id, connection=t).version
-    finally:
-        t.commit(close=True)
+        version = TrigItem.get(item_id, connection=t).version
+    except BaseException:
+        t.rollback()
+        raise
+    t.commit(close=True)
+    return version
 
 
 def write(cache, connection, item_id):
@@ -209,7 +213,7 @@ def summary(values):
 
 
 def write_cost(spec, connection, opts):
-    """Median microseconds of a package write request, with and without listen=True."""
+    """Median microseconds of a package write request, with and without listen=True, alternating."""
     plain = SharedCache(spec, lease=1.0)
     listening = SharedCache(spec, lease=1.0, listen=True)
     txscope(connection, cache=plain)
@@ -217,15 +221,31 @@ def write_cost(spec, connection, opts):
     settled(listening)
     samples = {"listen": [], "no listen": []}
     rng = random.Random(7)
-    for b in range(opts["batches"]):
+    for i in range(opts["batches"] * opts["batch"]):
         order = [("listen", listening), ("no listen", plain)]
-        for name, cache in order if b % 2 else order[::-1]:
+        for name, cache in order if i % 2 else order[::-1]:
             start = time.perf_counter()
-            for _ in range(opts["batch"]):
-                write(cache, connection, rng.randint(1, ROWS))
-            samples[name].append((time.perf_counter() - start) / opts["batch"] * 1e6)
+            write(cache, connection, rng.randint(1, ROWS))
+            samples[name].append((time.perf_counter() - start) * 1e6)
     listening.store.listener.stop()
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def mark_cost(opts):
+    """Median microseconds of the statement a listening scope sends before its first write of a table."""
+    conn = outside()
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("SELECT 1")  # inside the transaction, as in a scope
+    mark = _cachelisten.MARK.format("'bench_trig'")
+    samples = []
+    for _ in range(opts["batches"] * opts["batch"] * 5):
+        start = time.perf_counter()
+        cur.execute(mark)
+        samples.append((time.perf_counter() - start) * 1e6)
+    conn.rollback()
+    conn.close()
+    return statistics.median(samples)
 
 
 def outside_write_cost(opts):
@@ -254,8 +274,8 @@ def hit_ratio(spec, connection, ops, mark):
     cache = settled(txscope(connection, cache=SharedCache(spec, lease=1.0, listen=True)).manager.cache)
     original = _cachelisten.MarkingTransaction._mark
     if not mark:
-        def unmarked(self):
-            self._marked = True  # never sent: the trigger announces every package write
+        def unmarked(self, tables):
+            self._marked = self._marked.union(tables)  # never sent: the trigger announces every package write
 
         _cachelisten.MarkingTransaction._mark = unmarked
     rng = random.Random(9)
@@ -307,6 +327,8 @@ def main(argv=None):
                 key = f"mix, {name}, mark {'on' if mark else 'off'}"
                 results[key] = hit_ratio(spec, connection, opts["mix"], mark)
                 print(key, results[key], flush=True)
+        results["mark statement"] = mark_cost(opts)
+        print("mark statement", results["mark statement"], flush=True)
         results["outside write"] = outside_write_cost(opts)
         print("outside write", results["outside write"], flush=True)
     finally:
@@ -334,6 +356,8 @@ def markdown(results):
         if key.startswith("write request"):
             lines.append(f"| {key} (listen=True) | {value['listen']:.0f} | {value['no listen']:.0f} | "
                          f"{value['listen'] / value['no listen']:.2f}x |")
+    lines.append(f"| the mark (`{_cachelisten.MARK.format(chr(39) + 'bench_trig' + chr(39))}`) alone | "
+                 f"{results['mark statement']:.0f} | | |")
     value = results["outside write"]
     lines.append(f"| outside one-row UPDATE (trigger) | {value['trigger']:.0f} | {value['no trigger']:.0f} | "
                  f"{value['trigger'] / value['no trigger']:.2f}x |")

@@ -213,7 +213,7 @@ def listen(cache: SharedCache, target) -> None:
     None until a ScopeManager binds the cache to its own (:func:`bind`).
     """
     cache.transaction_class = type("CachedScopeTransaction", (MarkingTransaction,), {"_shared": cache})
-    cache.store = WatchedStore(cache.store, cache)
+    cache.store = WatchedStore(cache.store)
     if target is not None:
         bind(cache, target)
 
@@ -252,10 +252,9 @@ class WatchedStore:
     Writes pass through: the package's own invalidations need no listener.
     """
 
-    def __init__(self, store, cache: SharedCache):
+    def __init__(self, store):
         self.store = store
         self.listener: Listener | None = None
-        self._cache = weakref.ref(cache)
 
     def __repr__(self) -> str:
         return f"WatchedStore({self.store!r})"
@@ -388,13 +387,13 @@ class Listener:
             self._warned = True
             log.warning("the cache listener on %s found no table with the trigger: install them with "
                         "webpy_txscope.install_cache_triggers()", self.name)
-        if self._connected_before:
+        reconnected = self._connected_before
+        if reconnected:
             # Notifications sent while nobody listened are lost: every watched
             # table may have changed.  LISTEN came first, so nothing committed
             # from now on is missed; the replacement also makes stale whatever
             # a reader that read tokens before the outage stores late.
-            if watched:
-                self._invalidate(watched)
+            self._invalidate(watched)
         else:
             # Nobody in this process read a token before: only entries
             # inherited from a parent process (a fork) can predate the LISTEN.
@@ -404,13 +403,13 @@ class Listener:
         self._connected_before = True
         self.why = f"the cache listener on {self.name} lost its connection"
         self.ready = True
+        done = f"the {len(watched)} tables with the trigger were invalidated" if reconnected \
+            else f"{len(watched)} tables have the trigger"
         if self._warned_lost:
             self._warned_lost = False
-            log.warning("the cache listener on %s is back; the %d tables with the trigger were invalidated",
-                        self.name, len(watched))
+            log.warning("the cache listener on %s is back; %s", self.name, done)
         else:
-            log.debug("the cache listener on %s is listening (%d tables with the trigger)", self.name,
-                      len(watched))
+            log.debug("the cache listener on %s is listening; %s", self.name, done)
 
     def _serve(self) -> None:
         raw = self._raw
@@ -475,6 +474,8 @@ class Listener:
         # session), and a new one made on the child's first read.
         if self._raw is not None:
             _driver.inherit(self._raw)
+        for fd in self._wake or ():
+            os.close(fd)  # this process's copies: the parent's pipe stays open
         if self._sock is not None:
             self._sock.close()  # a duplicate descriptor: closing it ends nothing
         self._reset()
