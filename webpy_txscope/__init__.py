@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     from ._policy import default_commit_veto, strict_commit_veto
     from ._uri import mask
     from .sharedcache import SharedCache, invalidate
+    from ._cachelisten import install_cache_triggers, remove_cache_triggers
     from .core import CommitFailed, Outcome, Scope, ScopeManager, current_scope, doom, on_commit
     from .webpy import no_scope, scope_options, txscope
     from .wsgi import TxScopeMiddleware
@@ -43,6 +44,8 @@ _PUBLIC = {
     "mask": "._uri",
     "SharedCache": ".sharedcache",
     "invalidate": ".sharedcache",
+    "install_cache_triggers": "._cachelisten",
+    "remove_cache_triggers": "._cachelisten",
     "CommitFailed": ".core",
     "Outcome": ".core",
     "Scope": ".core",
@@ -75,12 +78,14 @@ __all__ = [
     "default_commit_veto",
     "doom",
     "export_prometheus",
+    "install_cache_triggers",
     "invalidate",
     "mask",
     "no_scope",
     "oldest_scope_age",
     "on_commit",
     "open_scopes",
+    "remove_cache_triggers",
     "scope_options",
     "stats",
     "strict_commit_veto",

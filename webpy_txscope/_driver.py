@@ -196,6 +196,64 @@ def _guard_reconnect(connection: DBConnection) -> None:
     connection._force_reconnect = force_reconnect
 
 
+# -- LISTEN connections (the shared cache's trigger listener) ---------------------------
+
+#: The PostgreSQL drivers whose connections can LISTEN without blocking.
+LISTEN_DRIVERS = ("psycopg", "psycopg2")
+
+
+def listen_connection(db: DBConnection, channel: str) -> Any:
+    """A new driver connection to *db*, in autocommit, listening on *channel*; never pooled."""
+    raw = db.makeConnection()
+    db._connectionNumbers.pop(id(raw), None)  # SQLObject counts it as one of its own
+    try:
+        raw.autocommit = True
+        if db.driver == "psycopg":
+            # Notifications that arrive while a statement runs (the heartbeat)
+            # reach psycopg 3's handlers only; the idle ones are read below.
+            backlog: list[str] = []
+            raw.add_notify_handler(lambda notify: backlog.append(notify.payload))
+            raw._txscope_backlog = backlog
+        cursor = raw.cursor()
+        cursor.execute(f"LISTEN {channel}")
+        cursor.close()
+    except BaseException:
+        raw.close()
+        raise
+    return raw
+
+
+def notifications(raw: Any) -> list[str]:
+    """The payloads of the notifications *raw* received since the last call, without waiting.
+
+    Raises the driver's error if the connection was lost (the server closed it).
+    """
+    backlog = getattr(raw, "_txscope_backlog", None)
+    if backlog is None:  # psycopg2
+        raw.poll()
+        payloads = [notify.payload for notify in raw.notifies]
+        del raw.notifies[:]
+        return payloads
+    pgconn = raw.pgconn
+    pgconn.consume_input()
+    encoding = raw.info.encoding
+    while (notify := pgconn.notifies()) is not None:
+        backlog.append(notify.extra.decode(encoding, "replace"))
+    payloads = backlog[:]
+    del backlog[:]
+    return payloads
+
+
+def ping(raw: Any) -> None:
+    """One round trip on a listening connection: raises if it is gone."""
+    cursor = raw.cursor()
+    try:
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+    finally:
+        cursor.close()
+
+
 # -- fork safety -------------------------------------------------------------------
 
 #: Every connection a scope uses in this process, to be detached after a fork.

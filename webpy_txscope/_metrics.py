@@ -22,7 +22,9 @@ log = logging.getLogger("webpy_txscope")
 _counts: Dict[str, int] = {"commit": 0, "rollback": 0, "failed": 0, "retry": 0, "untouched": 0,
                            # the shared cache (webpy_txscope.sharedcache): this process's reads
                            # and the tokens its writes replaced
-                           "cache_hits": 0, "cache_misses": 0, "cache_bypasses": 0, "cache_invalidations": 0}
+                           "cache_hits": 0, "cache_misses": 0, "cache_bypasses": 0, "cache_invalidations": 0,
+                           # tables whose tokens the trigger listener replaced (webpy_txscope._cachelisten)
+                           "cache_trigger_invalidations": 0}
 # Reads routed by replicas= (see webpy_txscope/replicas.py): served by a
 # replica, served by the primary although a replica was wanted (fallbacks),
 # routed after waiting for a replica to replay, and rerun on the primary.
@@ -96,10 +98,13 @@ def stats() -> Dict[str, float]:
 
     With ``cache=``: ``cache_hits``, ``cache_misses``, ``cache_bypasses``
     (statements the cache could not serve or store, said why at DEBUG) and
-    ``cache_invalidations`` (tokens this process's writes replaced).
+    ``cache_invalidations`` (tokens this process's writes replaced); with
+    ``SharedCache(listen=...)``, ``cache_trigger_invalidations`` (tables whose
+    tokens the listener replaced: writes the triggers announced, and every
+    table with the trigger after the listener reconnected).
 
     >>> sorted(stats())[:6]
-    ['cache_bypasses', 'cache_hits', 'cache_invalidations', 'cache_misses', 'commits', 'failed_commits']
+    ['cache_bypasses', 'cache_hits', 'cache_invalidations', 'cache_misses', 'cache_trigger_invalidations', 'commits']
     """
     check_scope_ages()
     started = list(_open.values())  # one snapshot for both figures: they never disagree
@@ -113,6 +118,7 @@ def stats() -> Dict[str, float]:
         "cache_misses": _counts["cache_misses"],
         "cache_bypasses": _counts["cache_bypasses"],
         "cache_invalidations": _counts["cache_invalidations"],
+        "cache_trigger_invalidations": _counts["cache_trigger_invalidations"],
         "open_scopes": len(started),
         "oldest_scope_age": time.monotonic() - min(started) if started else 0.0,
         **_replica_counts,

@@ -291,7 +291,7 @@ class ScopeManager:
         if settings.cache is not None:
             from .sharedcache import attach  # only apps that use the cache load it
 
-            self.cache = attach(settings.cache)
+            self.cache = attach(settings.cache, self.connection)
             self.transaction_class = self.cache.transaction_class
         self.router: ReplicaRouter | None = None
         if settings.replicas:

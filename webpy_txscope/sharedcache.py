@@ -105,10 +105,15 @@ class SharedCache:
     (seconds) is how long a writer's pending marker lives if the writer dies:
     it must exceed the longest COMMIT.  *exclude* names tables (or models)
     never cached; a model opts out with ``class sqlmeta: txscope_cache = False``.
+    *listen* (PostgreSQL) keeps the cache right when programs outside the
+    package write, through the triggers of :func:`install_cache_triggers`:
+    True listens on the database of the txscope the cache is given to, a URI
+    on that database (a direct one when the scopes go through PgBouncer); see
+    :mod:`webpy_txscope._cachelisten`.
     """
 
     def __init__(self, spec: str, *, max_entries: int = 10_000, max_rows: int = 1_000,
-                 lease: float = 10.0, exclude=()):
+                 lease: float = 10.0, exclude=(), listen: bool | str = False):
         if not isinstance(spec, str):
             raise ConfigurationError(f"cache must be 'local' or a redis:// URL, not {spec!r}")
         if max_entries < 1 or max_rows < 1:
@@ -122,6 +127,11 @@ class SharedCache:
         self._lock = threading.Lock()
         self._safe: dict = {}
         self.transaction_class = type("CachedScopeTransaction", (CachedTransaction,), {"_shared": self})
+        self.listen = listen
+        if listen:
+            from . import _cachelisten  # only caches that listen load it
+
+            _cachelisten.listen(self, None if listen is True else listen)
 
     def __repr__(self) -> str:
         return f"SharedCache({self.store!r}, {len(self._entries)} entries)"
@@ -183,9 +193,14 @@ class SharedCache:
         counts["cache_invalidations"] += len(names)
 
 
-def attach(cache: "str | SharedCache") -> SharedCache:
-    """The cache of one ScopeManager: its own entries, the store its setting names."""
-    return cache if isinstance(cache, SharedCache) else SharedCache(cache)
+def attach(cache: "str | SharedCache", connection=None) -> SharedCache:
+    """The cache of one ScopeManager on *connection*: its own entries, the store its setting names."""
+    shared = cache if isinstance(cache, SharedCache) else SharedCache(cache)
+    if shared.listen and connection is not None:
+        from . import _cachelisten
+
+        _cachelisten.bind(shared, connection)
+    return shared
 
 
 def invalidate(*tables, cache: "str | SharedCache" = "local") -> None:
