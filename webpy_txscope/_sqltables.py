@@ -73,6 +73,10 @@ def classify_sql(sql: str) -> tuple[str, tuple[str, ...]]:
     ('write', ('*',))
     >>> classify_sql("BEGIN")
     ('begin', ())
+    >>> classify_sql("EXPLAIN SELECT person.id FROM person")
+    ('neutral', ())
+    >>> classify_sql("EXPLAIN ANALYZE UPDATE person SET name = 'x'")  # runs the UPDATE
+    ('write', ('*',))
     """
     known = _memo.get(sql)
     if known is None:
@@ -102,6 +106,8 @@ def _classify(sql: str) -> tuple[str, tuple[str, ...]]:
         if not tables:
             return UNCACHEABLE, ()
         return READ, tables
+    if verb == "EXPLAIN" and re.search(r"\bANALY[SZ]E\b", text, re.I):
+        return everything  # EXPLAIN ANALYZE runs its statement
     if verb in _NEUTRAL:
         return NEUTRAL, ()
     if verb == "BEGIN" or (verb == "START" and re.match(r"\s*START\s+TRANSACTION\b", text, re.I)):
