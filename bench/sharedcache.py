@@ -315,12 +315,14 @@ def instructions(tmp):
     valgrind = shutil.which("valgrind")
     if not valgrind:
         raise SystemExit("--instructions needs valgrind: apt-get install valgrind")
-    S.create_table("sqlite:" + os.path.join(tmp, "bench.db"))
     env = dict(os.environ, PYTHONHASHSEED="0")
 
     def total(name, workload, n):
+        # Each run has a database and a token file of its own: runs side by side share nothing.
+        own = tempfile.mkdtemp(dir=tmp)
+        S.create_table("sqlite:" + os.path.join(own, "bench.db"))
         done = subprocess.run([valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                               os.path.abspath(__file__), "--icount", name, workload, str(n), tmp],
+                               os.path.abspath(__file__), "--icount", name, workload, str(n), own],
                               capture_output=True, text=True, env=env)
         for line in done.stderr.splitlines():
             if "Collected :" in line:
