@@ -33,9 +33,9 @@ LEASE = 5.0  # long enough for every step of a test to run inside one lease
 READ_COMMITTED = ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED",)
 
 
-@pytest.fixture
-def redis_db():
-    client = redis.Redis.from_url(REDIS_URL)
+def flushed_redis(url: str):
+    """A client of the Redis database *url*, flushed before and after (the body of a fixture)."""
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.RedisError as e:
@@ -47,12 +47,22 @@ def redis_db():
     client.close()
 
 
-@pytest.fixture(params=["local", "redis"])
-def spec(request, tmp_path):
+def store_spec(request, tmp_path, url: str) -> str:
+    """The ``cache=`` of a test parametrized over "local" and "redis" (the body of a fixture)."""
     if request.param == "redis":
         request.getfixturevalue("redis_db")
-        return REDIS_URL
+        return url
     return f"local:{tmp_path / 'tokens'}"
+
+
+@pytest.fixture
+def redis_db():
+    yield from flushed_redis(REDIS_URL)
+
+
+@pytest.fixture(params=["local", "redis"])
+def spec(request, tmp_path):
+    return store_spec(request, tmp_path, REDIS_URL)
 
 
 def settled(cache: SharedCache) -> SharedCache:

@@ -18,10 +18,10 @@ import threading
 import time
 
 import pytest
-import redis
 from conftest import BACKENDS, Backend, _fresh_scope
 from e2e_support import TcpProxy
 from pg_cluster import PgCluster
+from test_sharedcache import flushed_redis, store_spec
 
 from models import User, create_tables
 from webpy_txscope import (ConfigurationError, SharedCache, install_cache_triggers, remove_cache_triggers,
@@ -66,24 +66,12 @@ def pg_scope(pg):
 
 @pytest.fixture
 def redis_db():
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError as e:
-        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379 ({e}); start it with: redis-server --daemonize yes "
-                    "--bind 127.0.0.1 --port 6379 --save '' --appendonly no")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    yield from flushed_redis(REDIS_URL)
 
 
 @pytest.fixture(params=["local", "redis"])
 def spec(request, tmp_path):
-    if request.param == "redis":
-        request.getfixturevalue("redis_db")
-        return REDIS_URL
-    return f"local:{tmp_path / 'tokens'}"
+    return store_spec(request, tmp_path, REDIS_URL)
 
 
 @pytest.fixture
