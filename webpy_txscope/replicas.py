@@ -56,7 +56,7 @@ from sqlobject.dbconnection import DBConnection
 
 from . import _driver, _metrics
 from ._errors import DISCONNECT, ConfigurationError, _chain, _code, classify
-from ._tx import UNTOUCHED, ScopeTransaction
+from ._tx import ScopeTransaction
 from ._uri import describe, mask, open_connection, scrub
 
 log = logging.getLogger("webpy_txscope")
@@ -302,6 +302,10 @@ class RoutedTransaction(ScopeTransaction):
     before the statement.
     """
 
+    # A slot, not in __dict__: the scope's "untouched" test counts __dict__'s
+    # keys, and routing alone does not touch the database.
+    __slots__ = ("_routing",)
+
     #: Where it runs, once its first statement chose (None before).
     route: Route | None = None
     refused_write = False
@@ -314,10 +318,6 @@ class RoutedTransaction(ScopeTransaction):
                  replica_begin: tuple[str, ...]):
         super().__init__(router.primary, begin, end)
         self._routing = (router, request, replica_begin, True)
-
-    @property
-    def touched(self) -> bool:
-        return len(self.__dict__) != _ROUTED_UNTOUCHED_SIZE
 
     def prefer(self, replica_begin: tuple[str, ...], replica: bool | None) -> None:
         """New first statements for a replica; *replica* False keeps the transaction on the primary."""
@@ -346,9 +346,6 @@ class RoutedTransaction(ScopeTransaction):
             self.refused_write = True
         super()._fail(kind, error)
 
-
-# ScopeTransaction's untouched attributes, and the routing.
-_ROUTED_UNTOUCHED_SIZE = len(UNTOUCHED) + 1
 
 #: Why the shared cache stores nothing a replica answered (logged at DEBUG).
 REPLICA_SNAPSHOT = "not stored: read on a replica, whose snapshot may predate the tokens read before it"
