@@ -387,18 +387,28 @@ class Cookbook:
             return list(pool.map(create, range(count)))
 
     def worker_stats(self, timeout: float = 30.0) -> dict[str, dict]:
-        """/api/stats from every daemon process: ask until all of them answered."""
-        seen: dict[str, dict] = {}
+        """/api/stats from every daemon process (see :func:`worker_stats`)."""
+        return worker_stats(self.url, "/api/stats", timeout)
 
-        def all_seen():
-            with _pool(PROCESSES * THREADS) as pool:
-                for answer in pool.map(lambda _: self.call("GET", "/api/stats"), range(PROCESSES * THREADS)):
-                    assert answer.status == 200, answer
-                    seen[answer.json()["worker"]] = answer.json()
-            return len(seen) >= PROCESSES
 
-        wait_for(all_seen, timeout, f"/api/stats answers from {PROCESSES} worker processes", interval=0)
-        return seen
+def worker_stats(url: str, path: str, timeout: float = 30.0) -> dict[str, dict]:
+    """The stats at `path` from every daemon process, keyed by the "worker" each names.
+
+    Asked one request at a time: a stats request is a request, so two of them
+    served at once by one process would each count the other's scope as open,
+    and a leak test would see a leak that is only its own probe.
+    """
+    seen: dict[str, dict] = {}
+
+    def all_seen():
+        for _ in range(PROCESSES * THREADS):
+            answer = call(url, "GET", path)
+            assert answer.status == 200, answer
+            seen[str(answer.json()["worker"])] = answer.json()
+        return len(seen) >= PROCESSES
+
+    wait_for(all_seen, timeout, f"{path} answers from {PROCESSES} worker processes", interval=0)
+    return seen
 
 
 def _pool(workers: int):

@@ -93,4 +93,6 @@ def test_no_session_is_left_inside_a_transaction(after_load):
 
 def test_no_worker_holds_an_open_scope(after_load):
     assert len(after_load.stats) == PROCESSES
-    assert {pid: s["open_scopes"] for pid, s in after_load.stats.items()} == dict.fromkeys(after_load.stats, 0)
+    open_now = {pid: s["open_scopes"] for pid, s in after_load.stats.items()}
+    ages = {pid: round(s["oldest_scope_age"], 3) for pid, s in after_load.stats.items()}
+    assert open_now == dict.fromkeys(after_load.stats, 0), f"the oldest open scope's age per worker: {ages}"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import PROCESSES, THREADS, call, record, wait_for
+from e2e_support import PROCESSES, THREADS, call, record, worker_stats
 from modwsgi import serve
 from pg_cluster import PgCluster
 from pgbouncer import PgBouncer
@@ -135,22 +135,9 @@ def load(url: str, rounds: int, *, cookies: bool = True, during=None) -> Run:
     return run
 
 
-def worker_stats(url: str) -> dict[int, dict]:
-    seen: dict[int, dict] = {}
-
-    def all_seen():
-        for _ in range(PROCESSES * THREADS):
-            numbers = call(url, "GET", "/stats").json()
-            seen[numbers["worker"]] = numbers
-        return len(seen) >= PROCESSES
-
-    wait_for(all_seen, 30, f"/stats from {PROCESSES} processes", interval=0)
-    return seen
-
-
 def totals(url: str) -> dict[str, int]:
     names = ("replica_reads", "primary_reads", "replica_fallbacks", "replica_waits", "replica_reruns")
-    per_worker = worker_stats(url).values()
+    per_worker = worker_stats(url, "/stats").values()
     return {name: sum(w[name] for w in per_worker) for name in names}
 
 
