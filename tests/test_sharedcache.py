@@ -543,3 +543,19 @@ def test_redis_keeps_no_key_forever(scope, backend, redis_db):
     rename(cache, scope, backend, "new")
     keys = [key for key in redis_db.keys("txscope:*") if key != b"txscope:epoch"]
     assert keys and all(redis_db.ttl(key) > 0 for key in keys), {k: redis_db.ttl(k) for k in keys}
+
+
+def test_one_shared_cache_serves_one_database_and_says_so_without_a_password(tmp_path):
+    # Entries are keyed by SQL text: two databases sharing one would answer each other's reads.
+    from webpy_txscope import ConfigurationError, txscope
+
+    cache = SharedCache(f"local:{tmp_path / 'tokens'}")
+    first = txscope(f"sqlite:{tmp_path / 'a.db'}", cache=cache)
+    again = txscope(f"sqlite:{tmp_path / 'a.db'}", cache=cache)
+    assert first.manager.cache is again.manager.cache is cache  # the same database: one cache is right
+    with pytest.raises(ConfigurationError) as info:
+        txscope(f"sqlite:{tmp_path / 'b.db'}", cache=cache)
+    assert "a.db" in str(info.value) and "b.db" in str(info.value) and "own SharedCache" in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        txscope("postgres://app:hunter2@127.0.0.1/other_db", cache=cache)
+    assert "other_db" in str(info.value) and "hunter2" not in str(info.value)

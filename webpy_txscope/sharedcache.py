@@ -55,6 +55,7 @@ from ._cachestore import ALL_TABLES, StoreUnavailable, open_store
 from ._errors import CommittedUnconfirmed, ConfigurationError, ServiceUnavailable
 from ._sqltables import BEGIN, NEUTRAL, READ, WRITE, classify_sql
 from ._tx import ScopeTransaction, _per_instance
+from ._uri import describe
 
 log = logging.getLogger("webpy_txscope")
 
@@ -127,6 +128,8 @@ class SharedCache:
         self._lock = threading.Lock()
         self._safe: dict = {}
         self.transaction_class = type("CachedScopeTransaction", (CachedTransaction,), {"_shared": self})
+        self.database: tuple | None = None  # the database its entries hold rows of, once attached
+        self._database_name = ""
         self.listen = listen
         if listen:
             from . import _cachelisten  # only caches that listen load it
@@ -196,11 +199,31 @@ class SharedCache:
 def attach(cache: "str | SharedCache", connection=None) -> SharedCache:
     """The cache of one ScopeManager on *connection*: its own entries, the store its setting names."""
     shared = cache if isinstance(cache, SharedCache) else SharedCache(cache)
+    if connection is not None:
+        database = _database_of(connection)
+        if shared.database is None:
+            shared.database, shared._database_name = database, describe(connection)
+        elif shared.database != database:
+            # Entries are keyed by SQL text: one database's rows would answer the other's reads.
+            raise ConfigurationError(
+                f"this SharedCache already holds rows of {shared._database_name}; it cannot serve "
+                f"{describe(connection)} too: give each database its own SharedCache (a cache= "
+                f"string makes one per txscope)")
     if shared.listen and connection is not None:
         from . import _cachelisten
 
         _cachelisten.bind(shared, connection)
     return shared
+
+
+def _database_of(connection) -> tuple:
+    """What tells one database from another: the driver, the server and the database's name or file.
+
+    Not the user or the password: the same database reached as another user
+    holds the same rows.
+    """
+    return (connection.dbName, getattr(connection, "host", None), getattr(connection, "port", None),
+            getattr(connection, "db", None), getattr(connection, "filename", None))
 
 
 def invalidate(*tables, cache: "str | SharedCache" = "local") -> None:
