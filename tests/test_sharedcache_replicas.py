@@ -262,6 +262,85 @@ def test_a_get_served_from_the_cache_hands_the_client_the_primarys_position(fres
     assert body(app.request("/uncached/1")) == "Full 1"  # without the cookie: the replica's past (the proof)
 
 
+def asked_of_the_primary(scope) -> list:
+    """The statements the router sends the primary for positions, from now on."""
+    asked: list = []
+    real = scope.manager.router.primary_probes.query
+    scope.manager.router.primary_probes.query = lambda sql: asked.append(sql) or real(sql)
+    return asked
+
+
+def lsn_of(cookie: str) -> int:
+    return parse_lsn(cookie.split("=", 1)[1])
+
+
+def test_a_get_served_only_stamped_entries_hands_out_their_position_without_asking_the_primary(fresh, spec):
+    """Session consistency: an entry carries the primary's position asked when the request that stored
+    it ended, past what it shows; a request served only such entries hands that on, with no round trip."""
+    scope = cached_routed(fresh, spec)
+    app, writer = app_for(scope), app_for(cached_routed(fresh, spec))
+    asked = asked_of_the_primary(scope)
+    fresh.pause(fresh.replicas[0])
+    writer.request("/rename/1", method="POST", data={"fullname": "new"})
+    written = parse_lsn(fresh.position())
+    stored = app.request("/user/1", method="POST")
+    assert body(stored) == "new" and len(asked) == 1  # the entry, stored on the primary, and its position
+    fresh.primary.sql("CREATE TABLE IF NOT EXISTS wal_filler (n int); INSERT INTO wal_filler VALUES (1)")
+    asked.clear()
+    response = app.request("/user/1")
+    assert (body(response), asked) == ("new", [])
+    cookie = cookie_of(response)
+    assert cookie == cookie_of(stored) and written <= lsn_of(cookie) < parse_lsn(fresh.position())
+    # What it was shown, the paused replica has not replayed: its next read waits for the primary.
+    assert body(app.request("/uncached/1", headers={"Cookie": cookie})) == "new"
+    assert body(app.request("/uncached/1")) == "Full 1"  # without the cookie: the replica's past (the proof)
+
+
+def test_an_entry_stored_outside_a_request_has_no_position_so_serving_it_asks_the_primary(fresh, spec):
+    scope = cached_routed(fresh, spec)
+    app, writer = app_for(scope), app_for(cached_routed(fresh, spec))
+    fresh.pause(fresh.replicas[0])
+    writer.request("/rename/1", method="POST", data={"fullname": "new"})
+    written = parse_lsn(fresh.position())
+    with scope.transaction():
+        assert User.get(1).fullname == "new"  # stored by a script's scope: no client, no position
+    asked = asked_of_the_primary(scope)
+    delta = counted()
+    response = app.request("/user/1")
+    assert (body(response), delta("cache_hits"), len(asked)) == ("new", 1, 1)
+    cookie = cookie_of(response)
+    assert cookie is not None and lsn_of(cookie) >= written
+    assert body(app.request("/uncached/1", headers={"Cookie": cookie})) == "new"
+
+
+SECOND = "SELECT fullname FROM users WHERE id = 2 AND 1 = 1"
+
+
+def first_and_second():
+    return f"{User.get(1).fullname}|{sqlhub.threadConnection.queryOne(SECOND)[0]}"
+
+
+def test_one_entry_without_a_position_among_stamped_ones_makes_the_request_ask_the_primary(fresh, spec):
+    """The stamped entry is older than the other: its position alone would send the client back."""
+    scope = cached_routed(fresh, spec)
+    app = make_app({"/both": first_and_second, "/uncached/(\\d+)": show_uncached}, scope)
+    assert body(app.request("/both", method="POST")) == "Full 1|Full 2"  # both stored and stamped
+    fresh.wait_replayed()
+    fresh.pause(fresh.replicas[0])  # it has replayed the stamps' position, not what follows
+    with scope.transaction():
+        User.get(2).fullname = "new 2"  # replaces row 2's token and the selects': row 1's entry stays
+    with scope.transaction():
+        assert sqlhub.threadConnection.queryOne(SECOND)[0] == "new 2"  # stored by a script: no position
+    written = parse_lsn(fresh.position())
+    delta = counted()
+    response = app.request("/both")
+    assert (body(response), delta("cache_hits")) == ("Full 1|new 2", 2)
+    cookie = cookie_of(response)
+    assert cookie is not None and lsn_of(cookie) >= written
+    assert body(app.request("/uncached/2", headers={"Cookie": cookie})) == "new 2"
+    assert body(app.request("/uncached/2")) == "Full 2"  # without the cookie: the replica's past (the proof)
+
+
 def test_the_middleware_composes_the_cache_and_the_replicas_too(fresh, spec):
     from paste.fixture import TestApp
 

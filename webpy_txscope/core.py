@@ -442,7 +442,7 @@ class ScopeManager:
             scope.route = router.primary_route(route)
             return RETRY
         if outcome is COMMITTED or outcome is ROLLED_BACK:
-            scope.position = router.position_after(route, tx.began, served)
+            scope.position = router.position_after(route, tx.began, served, tx)
         return outcome
 
     @staticmethod

@@ -477,7 +477,7 @@ class ReplicaRouter:
 
     # -- when it ended ----------------------------------------------------------------------
 
-    def position_after(self, route: Route, touched: bool, served: bool = False) -> str | None:
+    def position_after(self, route: Route, touched: bool, served: bool = False, tx: Any = None) -> str | None:
         """The client's new position cookie value, or None to leave the cookie as it is.
 
         Session consistency only, and only after a scope that touched the
@@ -486,18 +486,29 @@ class ReplicaRouter:
         the scope read); on a replica, the replica's replay position now (past
         everything the scope's statements saw).  An entry shows the primary's
         present, so a scope served one gets the primary's position wherever it
-        ran.  Never lower than the client's position, unless that was beyond
-        the primary's (forged).
+        ran, except a scope served only entries that carry a position (*tx*
+        of the shared cache): the highest of those is past what they show,
+        and costs no round trip.  Never lower than the client's position,
+        unless that was beyond the primary's (forged).  A position asked of
+        the primary is given to the entries *tx* stored (on the primary: a
+        replica's reads are never stored).
         """
         if self.consistency != "session" or not (touched or served):
             return None
+        # The class, not the transaction: an ended transaction refuses every attribute it lacks.
+        cached = hasattr(type(tx), "stamp_entries")  # the shared cache's transaction (cache=)
+        stamped = tx.served_position if cached else None
         try:
             # A replica that cannot say where it is now: the primary's position
             # is past anything the replica could have shown.
             if route.replica is not None and not served and route.replica.probe():
                 position = route.replica.replayed
+            elif served and not touched and stamped:
+                position = stamped
             else:
                 position = self._ask_primary()
+                if cached:
+                    tx.stamp_entries(position)
         except Exception:
             log.exception("could not read the WAL position for the client's cookie; it keeps its old one")
             return None

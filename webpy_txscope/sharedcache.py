@@ -87,15 +87,21 @@ class _Entry:
     and values, converted by the columns), so that later scopes copy
     instances instead of building them; False if a converted value could be
     changed in place.
+
+    ``position`` (with ``replicas=``, session consistency) is the primary's
+    WAL position asked after the transaction that stored the entry ended:
+    past everything the entry shows, so a client served it needs no later
+    position in its cookie, and no round trip to the primary to get one.
     """
 
-    __slots__ = ("tables", "tags", "value", "values")
+    __slots__ = ("tables", "tags", "value", "values", "position")
 
     def __init__(self, tables, tags, value):
         self.tables = tables
         self.tags = tags
         self.value = value
         self.values = None
+        self.position = None
 
 
 class SharedCache:
@@ -439,7 +445,7 @@ def _frozen(rows):
 class _State:
     """What one transaction knows about the cache."""
 
-    __slots__ = ("tokens", "pending", "written", "bump", "by_row", "off", "leased", "writer")
+    __slots__ = ("tokens", "pending", "written", "bump", "by_row", "off", "leased", "writer", "stored")
 
     def __init__(self):
         self.tokens: dict = {}
@@ -450,6 +456,7 @@ class _State:
         self.off = ""  # why this whole transaction bypasses the cache, if it does
         self.leased = None  # tables whose pending marker this transaction holds
         self.writer = 0
+        self.stored: list | None = None  # the entries it stored, for stamp_entries()
 
 
 class CachedTransaction(ScopeTransaction):
@@ -465,6 +472,9 @@ class CachedTransaction(ScopeTransaction):
     _cstate: _State | None = None  # made by the first statement
     #: True once an entry was served to this transaction (read by replica routing).
     cache_served = False
+    #: The highest ``position`` of the entries served to it (0: none served); None once one without
+    #: a position was served (read by replica routing, session consistency).
+    served_position: int | None = 0
     _from_rows = False  # while _instances builds instances from a select's rows
     #: Why nothing this transaction reads may be stored, though entries may be served ("" if it may):
     #: set by a transaction routed to a replica (webpy_txscope/replicas.py).
@@ -541,7 +551,7 @@ class CachedTransaction(ScopeTransaction):
         entry = cache._get(key)
         if entry is not None and entry.tags == tags:
             counts["cache_hits"] += 1
-            self.cache_served = True
+            self._served(entry)
             return entry.value, entry
         counts["cache_misses"] += 1
         value = run(sql)
@@ -559,7 +569,11 @@ class CachedTransaction(ScopeTransaction):
         if frozen is None:
             _debug("a value could be changed in place", sql)
             return value, None
-        cache._put(key, tables, tags, frozen[0] if kind == "one" else frozen)
+        entry = cache._put(key, tables, tags, frozen[0] if kind == "one" else frozen)
+        if state.stored is None:
+            state.stored = [entry]
+        else:
+            state.stored.append(entry)
         return value, None  # instances of a miss are built as usual: copying pays from the first hit on
 
     def _current_row(self, cls, row_id):
@@ -575,8 +589,21 @@ class CachedTransaction(ScopeTransaction):
         if entry is None or entry.tags != tags or entry.value is None:
             return None
         counts["cache_hits"] += 1
-        self.cache_served = True
+        self._served(entry)
         return entry
+
+    def _served(self, entry: _Entry) -> None:
+        self.cache_served = True
+        position, highest = entry.position, self.served_position
+        if highest is not None and (position is None or position > highest):
+            self.served_position = position
+
+    def stamp_entries(self, position: int) -> None:
+        """Give the entries this transaction stored *position*, the primary's, asked after it ended."""
+        state = self._cstate
+        if state is not None and state.stored:
+            for entry in state.stored:
+                entry.position = position
 
     @_per_instance
     def cache(self):
