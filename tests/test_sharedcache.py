@@ -18,7 +18,7 @@ import threading
 
 import pytest
 import redis
-from sqlobject import SQLObjectNotFound, sqlhub
+from sqlobject import ForeignKey, SQLObject, SQLObjectNotFound, StringCol, sqlhub
 from e2e_support import TcpProxy
 
 from models import User
@@ -559,3 +559,77 @@ def test_one_shared_cache_serves_one_database_and_says_so_without_a_password(tmp
     with pytest.raises(ConfigurationError) as info:
         txscope("postgres://app:hunter2@127.0.0.1/other_db", cache=cache)
     assert "other_db" in str(info.value) and "hunter2" not in str(info.value)
+
+
+# -- what the database writes by itself ----------------------------------------------------------
+
+
+class RefParent(SQLObject):
+    class sqlmeta:
+        table = "ref_parents"
+
+    name = StringCol(length=20)
+
+
+class RefChild(SQLObject):
+    """Foreign keys SQLObject leaves to the database (cascade=None): its ON DELETE actions are the schema's."""
+
+    class sqlmeta:
+        table = "ref_children"
+
+    name = StringCol(length=20)
+    parent = ForeignKey("RefParent", cascade=None)
+    up = ForeignKey("RefChild", default=None, cascade=None)
+
+
+REF_SCHEMA = (
+    "CREATE TABLE ref_parents (id INTEGER PRIMARY KEY, name VARCHAR(20))",
+    "CREATE TABLE ref_children (id INTEGER PRIMARY KEY, name VARCHAR(20), parent_id INTEGER, up_id INTEGER, "
+    "FOREIGN KEY (parent_id) REFERENCES ref_parents (id) ON DELETE CASCADE, "
+    "FOREIGN KEY (up_id) REFERENCES ref_children (id) ON DELETE SET NULL)",
+)
+
+
+def test_rows_the_database_deletes_or_changes_by_itself_after_a_delete_are_never_served(scope, backend, tmp_path):
+    """ON DELETE CASCADE into another table and ON DELETE SET NULL inside one: no statement names them."""
+    backend.sql("DROP TABLE IF EXISTS ref_children")
+    backend.sql("DROP TABLE IF EXISTS ref_parents")
+    for statement in REF_SCHEMA:
+        backend.sql(statement + (" ENGINE=InnoDB" if backend.kind == "mysql" else ""))
+    backend.sql("INSERT INTO ref_parents (id, name) VALUES (1, 'one'), (2, 'two')")
+    backend.sql("INSERT INTO ref_children (id, name, parent_id, up_id) VALUES "
+                "(10, 'ten', 1, NULL), (20, 'twenty', 2, 10), (30, 'thirty', 2, NULL), (40, 'forty', 2, 30)")
+    if backend.kind == "sqlite":  # SQLite acts on foreign keys only when asked, per connection
+        scope.connection.query("PRAGMA foreign_keys = ON")
+    cache = make_cache(f"local:{tmp_path / 'tokens'}")
+
+    def seen():
+        t = tx(cache, scope, backend)
+        try:
+            rows = {}
+            for child_id in (10, 20, 40):
+                try:
+                    child = RefChild.get(child_id, connection=t)
+                    rows[child_id] = child.upID
+                except SQLObjectNotFound:
+                    rows[child_id] = "gone"
+            rows["count"] = RefChild.select(connection=t).count()
+            return rows
+        finally:
+            t.commit(close=True)
+
+    def children():  # what the database holds, read from outside
+        return [tuple(row) for row in backend.sql("SELECT id, up_id FROM ref_children ORDER BY id")]
+
+    def delete(cls, row_id):
+        t = tx(cache, scope, backend)
+        cls.get(row_id, connection=t).destroySelf()
+        t.commit(close=True)
+
+    assert seen() == seen() == {10: None, 20: 10, 40: 30, "count": 4}  # the second one served from entries
+    delete(RefParent, 1)  # the database deletes child 10 and sets child 20's up_id to NULL
+    assert children() == [(20, None), (30, None), (40, 30)]
+    assert seen() == {10: "gone", 20: None, 40: 30, "count": 3}
+    delete(RefChild, 30)  # one row by its id; the database sets child 40's up_id to NULL
+    assert children() == [(20, None), (40, None)]
+    assert seen() == {10: "gone", 20: None, 40: None, "count": 2}

@@ -385,6 +385,36 @@ def _opted_out_tables() -> frozenset:
     return _opted_out[1]
 
 
+_referencing: tuple[int, dict] = (-1, {})  # (how many models there were, table -> tables referencing it)
+
+
+def _referencing_tables() -> dict:
+    """For each table, the tables of the models with a ``ForeignKey`` to it (itself, if it references itself).
+
+    A DELETE of a table may change these by the database's own ``ON DELETE``
+    action, which the statement does not name.  Looked for again when models
+    are added.
+    """
+    global _referencing
+    registries = list(classregistry.MasterRegistry.registries.values())
+    total = sum(len(registry.classes) for registry in registries)
+    if total != _referencing[0]:
+        found: dict = {}
+        for registry in registries:
+            for cls in registry.allClasses():
+                for column in cls.sqlmeta.columnList:
+                    target = getattr(column, "foreignKey", None)
+                    if not target:
+                        continue
+                    try:
+                        referenced = classregistry.findClass(target, cls.sqlmeta.registry)
+                    except KeyError:  # not defined yet: looked for again when it is
+                        continue
+                    found.setdefault(_table_of(referenced), set()).add(_table_of(cls))
+        _referencing = (total, {table: frozenset(tables) for table, tables in found.items()})
+    return _referencing[1]
+
+
 def _fresh_snapshots(tx: ScopeTransaction) -> bool:
     """Whether each statement of *tx* sees everything committed before it started."""
     begin = " ".join(tx._begin).upper()
@@ -630,6 +660,15 @@ class CachedTransaction(ScopeTransaction):
             state.written.update(tables)
             if not state.by_row:
                 state.bump.update(tables)  # a table's own token: every entry of the table
+            if sql.lstrip()[:8].upper().startswith(("DELETE", "TRUNCATE")):
+                # Rows the database itself deletes or changes (ON DELETE CASCADE, SET NULL),
+                # which no statement names; a table that references itself too, by row or not.
+                referencing = _referencing_tables()
+                for table in tables:
+                    dependents = referencing.get(table)
+                    if dependents:
+                        state.written.update(dependents)
+                        state.bump.update(dependents)
         elif what is BEGIN:
             # An explicit BEGIN (SQLite, before a SAVEPOINT) holds one snapshot from here on.
             state.off = "the transaction holds one snapshot since an explicit BEGIN"
