@@ -421,7 +421,8 @@ class ModelEnv:
         self.kind = kind
         # SQLite: the transaction holds the write lock (it wrote, or began with BEGIN IMMEDIATE).
         self.locked = False
-        self.immediate = kind == "sqlite" and isolation == "SERIALIZABLE"
+        # BEGIN IMMEDIATE for both snapshot isolations; a read-only one begins deferred (_driver.begin_statements).
+        self.immediate = kind == "sqlite" and isolation in ("REPEATABLE READ", "SERIALIZABLE") and not readonly
         self.committed = committed  # rows committed so far (own blocks of a @no_scope handler add to it)
         self.fired = fired
         self.attempt = attempt
